@@ -1,0 +1,164 @@
+//! The composition root: opens the store, restores the engine, starts the
+//! gRPC and HTTP servers on listeners the caller bound, and runs the
+//! shutdown sequence. Tests call [`run`] with port-0 listeners and their own
+//! shutdown future.
+
+use std::future::Future;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    config::Config,
+    engine,
+    metrics::Metrics,
+    proto,
+    server::{admin, grpc},
+    store::Store,
+    webhook,
+};
+
+/// The bound sockets driftd serves on.
+pub struct Listeners {
+    /// gRPC.
+    pub grpc: TcpListener,
+    /// HTTP admin and JSON API.
+    pub http: TcpListener,
+}
+
+impl Listeners {
+    /// Binds both configured addresses.
+    ///
+    /// # Errors
+    /// Names the address that could not be bound.
+    pub async fn bind(config: &Config) -> anyhow::Result<Self> {
+        let grpc = TcpListener::bind(config.grpc_addr)
+            .await
+            .with_context(|| format!("binding gRPC address {} (server.grpc_addr)", config.grpc_addr))?;
+        let http = TcpListener::bind(config.http_addr)
+            .await
+            .with_context(|| format!("binding HTTP address {} (server.http_addr)", config.http_addr))?;
+        Ok(Self { grpc, http })
+    }
+}
+
+/// Runs driftd until `shutdown` resolves, then drains: not ready, stop
+/// accepting, finish in-flight RPCs, let the engine empty its queue and
+/// flush the store, all within `config.grace_period`.
+///
+/// # Errors
+/// Fails when the store cannot be opened, a server stops unexpectedly or the
+/// drain exceeds the grace period.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let store_cfg = config.store.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&store_cfg))
+        .await
+        .context("opening store")?
+        .with_context(|| format!("opening store at {}", config.store.path.display()))?;
+    let metrics = Metrics::new();
+    let tracker = TaskTracker::new();
+    let cancel = CancellationToken::new();
+    let webhooks = webhook::Sender::new(config.webhook.clone(), metrics.clone(), tracker.clone())
+        .context("building webhook client")?;
+    let engine = engine::start(
+        config.engine.clone(),
+        config.queue_capacity,
+        store.clone(),
+        metrics.clone(),
+        webhooks,
+        &tracker,
+        cancel.clone(),
+    )
+    .context("restoring state from the store")?;
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building gRPC reflection")?;
+    let driftd_service = proto::driftd_server::DriftdServer::new(grpc::Service::new(
+        engine.clone(),
+        metrics.clone(),
+        config.max_reference_records,
+    ))
+    .max_decoding_message_size(config.max_message_bytes)
+    .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+    health_reporter
+        .set_serving::<proto::driftd_server::DriftdServer<grpc::Service>>()
+        .await;
+
+    let grpc_addr = listeners.grpc.local_addr()?;
+    let http_addr = listeners.http.local_addr()?;
+    let grpc_cancel = cancel.clone();
+    let mut grpc_task = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(driftd_service)
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(listeners.grpc),
+                grpc_cancel.cancelled_owned(),
+            ),
+    );
+    let ready = admin::Readiness::default();
+    let router = admin::router(metrics.clone(), engine.reader(), ready.clone());
+    let http_cancel = cancel.clone();
+    let mut http_task = tokio::spawn(async move {
+        axum::serve(listeners.http, router)
+            .with_graceful_shutdown(http_cancel.cancelled_owned())
+            .await
+    });
+    // The gRPC service owns the engine handle from here on; once the server
+    // stops, the writer sees its queue close and drains it.
+    drop(engine);
+    tracing::info!(addr = %grpc_addr, "gRPC server listening");
+    tracing::info!(addr = %http_addr, "HTTP server listening");
+    ready.set(true);
+
+    let early = tokio::select! {
+        _ = shutdown => None,
+        res = &mut grpc_task => Some(format!("gRPC server stopped: {res:?}")),
+        res = &mut http_task => Some(format!("HTTP server stopped: {res:?}")),
+    };
+    if let Some(reason) = &early {
+        tracing::error!(error = %reason, "Server stopped unexpectedly, shutting down");
+    }
+
+    tracing::info!("Draining");
+    ready.set(false);
+    health_reporter
+        .set_not_serving::<proto::driftd_server::DriftdServer<grpc::Service>>()
+        .await;
+    cancel.cancel();
+    let drain = async {
+        if !grpc_task.is_finished() {
+            let _ = grpc_task.await;
+        }
+        if !http_task.is_finished() {
+            let _ = http_task.await;
+        }
+        tracker.close();
+        tracker.wait().await;
+    };
+    let drained = tokio::time::timeout(config.grace_period, drain).await;
+    if let Err(error) = store.flush().await {
+        tracing::error!(error = %error, "Final store flush failed");
+    }
+    if drained.is_err() {
+        anyhow::bail!(
+            "graceful shutdown did not complete in {:?}, terminating now",
+            config.grace_period
+        );
+    }
+    if let Some(reason) = early {
+        anyhow::bail!(reason);
+    }
+    tracing::info!("Shutdown complete");
+    Ok(())
+}

@@ -1,0 +1,31 @@
+//! driftd watches a machine-learning model in production: it receives the
+//! model's inference records over gRPC, keeps sliding windows of what the
+//! model sees and predicts, compares them with a reference distribution,
+//! exports the statistics as Prometheus metrics and calls webhooks when a
+//! drift rule trips.
+//!
+//! See ARCHITECTURE.md for the code map. Modules are listed in reading order:
+//! the pure core first (`domain`, `stats`, `window`, `reference`,
+//! `detector`), then the stateful parts (`store`, `engine`, `webhook`,
+//! `metrics`), then the edges (`server`, `config`, `telemetry`, `shutdown`,
+//! `app`).
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+pub mod domain;
+pub mod stats;
+pub mod window;
+pub mod reference;
+pub mod detector;
+
+pub mod store;
+pub mod engine;
+pub mod webhook;
+pub mod metrics;
+
+pub mod proto;
+pub mod server;
+pub mod config;
+pub mod telemetry;
+pub mod shutdown;
+pub mod app;

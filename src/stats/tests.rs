@@ -1,0 +1,501 @@
+//! Golden tests against SciPy (values produced by
+//! `tests/golden/gen_golden.py`, never by this crate) plus property tests.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+
+use proptest::prelude::*;
+use serde_json::Value;
+
+use super::*;
+
+fn golden_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("golden")
+}
+
+fn load_golden() -> Value {
+    let path = golden_dir().join("stats_golden.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    serde_json::from_str(&text).expect("golden JSON parses")
+}
+
+/// Decodes a float written by the generator ("nan"/"inf"/"-inf" as strings).
+fn num(v: &Value) -> f64 {
+    match v {
+        Value::Number(n) => n.as_f64().expect("f64"),
+        Value::String(s) if s == "nan" => f64::NAN,
+        Value::String(s) if s == "inf" => f64::INFINITY,
+        Value::String(s) if s == "-inf" => f64::NEG_INFINITY,
+        other => panic!("not a float: {other}"),
+    }
+}
+
+/// Reads a sample: inline JSON array or a raw little-endian f64 file.
+fn sample(v: &Value) -> Vec<f64> {
+    match v {
+        Value::Array(a) => a.iter().map(num).collect(),
+        Value::Object(o) => {
+            let file = o["bin"].as_str().expect("bin name");
+            let bytes = std::fs::read(golden_dir().join("bin").join(file)).expect("bin file");
+            let out: Vec<f64> = bytes
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+                .collect();
+            assert_eq!(out.len() as u64, o["len"].as_u64().expect("len"), "{file}");
+            out
+        }
+        other => panic!("bad sample {other}"),
+    }
+}
+
+fn counts(v: &Value) -> Vec<u64> {
+    v.as_array()
+        .expect("counts")
+        .iter()
+        .map(|x| x.as_u64().expect("u64"))
+        .collect()
+}
+
+/// Collects comparison failures for one case.
+struct Checker<'a> {
+    case: &'a str,
+    failures: Vec<String>,
+    /// Largest relative error seen per field (diagnostics only).
+    worst: BTreeMap<String, f64>,
+}
+
+#[derive(Clone, Copy)]
+enum Tol {
+    /// `|got - want| <= abs`
+    Abs(f64),
+    /// relative tolerance; expected exact zeros must come out <= 1e-15
+    Rel(f64),
+    /// p-values: relative, but absolute 1e-15 below 1e-300
+    PValue,
+    /// p-values of the form `1 - cdf` (CvM asymptotic): relative 1e-9, or
+    /// an absolute error of a few ulp of 1.0. SciPy computes `1 - cdf` with
+    /// a cdf that is itself only accurate to a few ulp, so below ~1e-6 its
+    /// own value carries that absolute noise and no reimplementation that
+    /// does not reproduce AMOS's `kv` bit for bit can match it relatively.
+    OneMinusCdf,
+}
+
+impl Checker<'_> {
+    fn float(&mut self, field: &str, got: f64, want: f64, tol: Tol) {
+        let ok = if want.is_nan() {
+            got.is_nan()
+        } else if want.is_infinite() || got.is_infinite() {
+            got == want
+        } else {
+            let diff = (got - want).abs();
+            match tol {
+                Tol::Abs(a) => diff <= a,
+                Tol::Rel(r) => {
+                    if want == 0.0 {
+                        got.abs() <= 1e-15
+                    } else {
+                        diff <= r * want.abs()
+                    }
+                }
+                Tol::PValue => {
+                    if want.abs() < 1e-300 {
+                        diff <= 1e-15
+                    } else {
+                        diff <= 1e-9 * want.abs()
+                    }
+                }
+                Tol::OneMinusCdf => diff <= 1e-9 * want.abs() || diff <= CVM_ABS_TOL,
+            }
+        };
+        if want.is_finite() && want != 0.0 {
+            let rel = ((got - want) / want).abs();
+            let w = self.worst.entry(field.to_owned()).or_insert(0.0);
+            *w = w.max(rel);
+        }
+        if !ok {
+            let rel = ((got - want) / want).abs();
+            self.failures.push(format!(
+                "{}: {field}: got {got:e}, want {want:e} (rel err {rel:e})",
+                self.case
+            ));
+        }
+    }
+
+    fn opt_float(&mut self, field: &str, got: Option<f64>, want: &Value, tol: Tol) {
+        match (got, want) {
+            (None, Value::Null) => {}
+            (Some(g), w) if !w.is_null() => self.float(field, g, num(w), tol),
+            (g, w) => self
+                .failures
+                .push(format!("{}: {field}: got {g:?}, want {w}", self.case)),
+        }
+    }
+
+    fn eq<T: PartialEq + std::fmt::Debug>(&mut self, field: &str, got: T, want: T) {
+        if got != want {
+            self.failures.push(format!(
+                "{}: {field}: got {got:?}, want {want:?}",
+                self.case
+            ));
+        }
+    }
+}
+
+const REL: Tol = Tol::Rel(1e-9);
+
+/// Absolute tolerance for `1 - cdf` p-values: 4e-15 is ~18 ulp of 1.0.
+const CVM_ABS_TOL: f64 = 4e-15;
+
+/// Checks one golden case; returns the failure messages (empty = pass)
+/// and the largest relative error per field.
+fn check(case: &Value) -> (Vec<String>, BTreeMap<String, f64>) {
+    let name = case["name"].as_str().expect("name");
+    let exp = &case["expected"];
+    let mut c = Checker {
+        case: name,
+        failures: Vec::new(),
+        worst: BTreeMap::new(),
+    };
+    match case["kind"].as_str() {
+        Some("numeric") => check_numeric(&mut c, case, exp),
+        Some("categorical") => check_categorical(&mut c, case, exp),
+        other => c.failures.push(format!("{name}: unknown kind {other:?}")),
+    }
+    (c.failures, c.worst)
+}
+
+fn check_numeric(c: &mut Checker<'_>, case: &Value, exp: &Value) {
+    let raw_ref = sample(&case["ref"]);
+    let raw_cur = sample(&case["cur"]);
+    let (r, r_missing) = finite_sorted(&raw_ref);
+    let (q, q_missing) = finite_sorted(&raw_cur);
+    c.eq(
+        "n_ref_missing",
+        r_missing as u64,
+        exp["n_ref_missing"].as_u64().expect("u64"),
+    );
+    c.eq(
+        "n_cur_missing",
+        q_missing as u64,
+        exp["n_cur_missing"].as_u64().expect("u64"),
+    );
+    c.opt_float(
+        "missing_share_ref",
+        missing_share(r_missing, r.len()),
+        &exp["missing_share_ref"],
+        REL,
+    );
+    c.opt_float(
+        "missing_share_cur",
+        missing_share(q_missing, q.len()),
+        &exp["missing_share_cur"],
+        REL,
+    );
+
+    let ks = ks_2samp(&r, &q);
+    match (ks, &exp["ks"]) {
+        (None, Value::Null) => {}
+        (Some(ks), w) if !w.is_null() => {
+            c.float(
+                "ks.statistic",
+                ks.statistic,
+                num(&w["statistic"]),
+                Tol::Abs(1e-12),
+            );
+            c.float("ks.pvalue", ks.pvalue, num(&w["pvalue"]), Tol::PValue);
+            let want = if w["method"] == "exact" {
+                KsMethod::Exact
+            } else {
+                KsMethod::Asymptotic
+            };
+            c.eq("ks.method", ks.method, want);
+        }
+        (g, w) => c
+            .failures
+            .push(format!("{}: ks: got {g:?}, want {w}", c.case)),
+    }
+
+    if exp["edges"].is_null() {
+        c.eq("edges", r.is_empty(), true);
+        return;
+    }
+    let bins = NonZeroUsize::new(DEFAULT_BINS).expect("nonzero");
+    let edges = quantile_edges(&r, bins);
+    let want_edges: Vec<f64> = exp["edges"]
+        .as_array()
+        .expect("edges")
+        .iter()
+        .map(num)
+        .collect();
+    // Bit for bit.
+    c.eq(
+        "edges",
+        edges.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+        want_edges.iter().map(|x| x.to_bits()).collect(),
+    );
+    let rc = bin_counts(&edges, &r);
+    let cc = bin_counts(&edges, &q);
+    c.eq("ref_counts", rc.clone(), counts(&exp["ref_counts"]));
+    c.eq("cur_counts", cc.clone(), counts(&exp["cur_counts"]));
+    if q.is_empty() {
+        c.eq("psi(null)", exp["psi"].is_null(), true);
+        return;
+    }
+    c.float("psi", psi(&rc, &cc, DEFAULT_EPSILON), num(&exp["psi"]), REL);
+    c.float("js", js_distance(&rc, &cc), num(&exp["js"]), REL);
+    c.float(
+        "hellinger",
+        hellinger(&rc, &cc),
+        num(&exp["hellinger"]),
+        REL,
+    );
+    c.float(
+        "binned_ks",
+        binned_ks(&rc, &cc),
+        num(&exp["binned_ks"]),
+        REL,
+    );
+    c.float(
+        "wasserstein",
+        wasserstein(&r, &q),
+        num(&exp["wasserstein"]),
+        REL,
+    );
+    c.opt_float(
+        "wasserstein_norm",
+        wasserstein_norm(&r, &q),
+        &exp["wasserstein_norm"],
+        REL,
+    );
+    match (cvm_2samp(&r, &q), &exp["cvm"]) {
+        (None, Value::Null) => {}
+        (Some(g), w) if !w.is_null() => {
+            c.float("cvm.statistic", g.statistic, num(&w["statistic"]), REL);
+            let want = if w["method"] == "exact" {
+                CvmMethod::Exact
+            } else {
+                CvmMethod::Asymptotic
+            };
+            let tol = if want == CvmMethod::Exact {
+                Tol::PValue
+            } else {
+                Tol::OneMinusCdf
+            };
+            c.float("cvm.pvalue", g.pvalue, num(&w["pvalue"]), tol);
+            c.eq("cvm.method", g.method, want);
+        }
+        (g, w) => c
+            .failures
+            .push(format!("{}: cvm: got {g:?}, want {w}", c.case)),
+    }
+}
+
+fn check_categorical(c: &mut Checker<'_>, case: &Value, exp: &Value) {
+    let to_map = |v: &Value| -> BTreeMap<String, u64> {
+        v.as_object()
+            .expect("category map")
+            .iter()
+            .map(|(k, n)| (k.clone(), n.as_u64().expect("count")))
+            .collect()
+    };
+    let (ra, ca) = (to_map(&case["ref"]), to_map(&case["cur"]));
+    let (cats, rc, cc) = align_categories(&ra, &ca);
+    let want_cats: Vec<String> = exp["categories"]
+        .as_array()
+        .expect("cats")
+        .iter()
+        .map(|s| s.as_str().expect("str").to_owned())
+        .collect();
+    c.eq("categories", cats, want_cats);
+    c.eq("ref_counts", rc.clone(), counts(&exp["ref_counts"]));
+    c.eq("cur_counts", cc.clone(), counts(&exp["cur_counts"]));
+    match (chi2_contingency(&rc, &cc), &exp["chi2"]) {
+        (None, Value::Null) => {}
+        (Some(g), w) if !w.is_null() => {
+            c.float("chi2.statistic", g.statistic, num(&w["statistic"]), REL);
+            c.float("chi2.pvalue", g.pvalue, num(&w["pvalue"]), Tol::PValue);
+            c.eq("chi2.dof", g.dof as u64, w["dof"].as_u64().expect("dof"));
+        }
+        (g, w) => c
+            .failures
+            .push(format!("{}: chi2: got {g:?}, want {w}", c.case)),
+    }
+    if exp["psi"].is_null() {
+        c.eq("psi", psi(&rc, &cc, DEFAULT_EPSILON).is_nan(), true);
+        return;
+    }
+    c.float("psi", psi(&rc, &cc, DEFAULT_EPSILON), num(&exp["psi"]), REL);
+    c.float("js", js_distance(&rc, &cc), num(&exp["js"]), REL);
+    c.float(
+        "hellinger",
+        hellinger(&rc, &cc),
+        num(&exp["hellinger"]),
+        REL,
+    );
+}
+
+#[test]
+fn golden_cases_match_scipy() {
+    let golden = load_golden();
+    let cases = golden["cases"].as_array().expect("cases");
+    assert!(cases.len() >= 300, "only {} golden cases", cases.len());
+    let mut failures = Vec::new();
+    let mut worst: BTreeMap<String, f64> = BTreeMap::new();
+    let mut passed = 0;
+    for case in cases {
+        let (f, w) = check(case);
+        passed += usize::from(f.is_empty());
+        failures.extend(f);
+        for (k, v) in w {
+            let e = worst.entry(k).or_insert(0.0);
+            *e = e.max(v);
+        }
+    }
+    eprintln!(
+        "golden: {passed}/{} cases pass; worst relative error per field:",
+        cases.len()
+    );
+    for (k, v) in &worst {
+        eprintln!("  {k:<20} {v:e}");
+    }
+    assert!(
+        failures.is_empty(),
+        "{} golden mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn kstwo_sf_matches_scipy() {
+    let golden = load_golden();
+    let rows = golden["kstwo_sf"].as_array().expect("kstwo_sf");
+    let mut failures = Vec::new();
+    let mut worst = 0.0f64;
+    for row in rows {
+        let n = row["n"].as_f64().expect("n");
+        let x = num(&row["x"]);
+        let want = num(&row["sf"]);
+        let mut c = Checker {
+            case: &format!("kstwo n={n} x={x:e}"),
+            failures: Vec::new(),
+            worst: BTreeMap::new(),
+        };
+        c.float("sf", kstwo_sf(x, n), want, Tol::PValue);
+        failures.extend(c.failures);
+        let w = c.worst.values().copied().fold(0.0, f64::max);
+        if w > 1e-11 && std::env::var_os("KSTWO_VERBOSE").is_some() {
+            eprintln!("  n={n} x={x:e} sf={want:e} rel={w:e}");
+        }
+        worst = worst.max(w);
+    }
+    eprintln!(
+        "kstwo.sf: {} rows, worst relative error {worst:e}",
+        rows.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn empty_inputs_are_none_or_nan() {
+    assert!(ks_2samp(&[], &[1.0]).is_none());
+    assert!(cvm_2samp(&[1.0], &[1.0, 2.0]).is_none());
+    assert!(psi(&[0, 0], &[1, 2], DEFAULT_EPSILON).is_nan());
+    assert!(psi(&[1], &[1, 2], DEFAULT_EPSILON).is_nan());
+    assert!(wasserstein(&[], &[1.0]).is_nan());
+    assert_eq!(wasserstein_norm(&[1.0, 1.0], &[2.0]), None);
+    assert_eq!(missing_share(0, 0), None);
+    assert!(quantile_edges(&[], NonZeroUsize::new(10).expect("nonzero")).is_empty());
+    assert!(chi2_contingency(&[], &[]).is_none());
+}
+
+fn sorted(mut v: Vec<f64>) -> Vec<f64> {
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+fn counts_for(r: &[f64], c: &[f64]) -> (Vec<u64>, Vec<u64>) {
+    let edges = quantile_edges(r, NonZeroUsize::new(DEFAULT_BINS).expect("nonzero"));
+    (bin_counts(&edges, r), bin_counts(&edges, c))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    #[test]
+    fn psi_nonnegative_and_zero_on_identical(
+        r in prop::collection::vec(-1e6f64..1e6, 1..200),
+        c in prop::collection::vec(-1e6f64..1e6, 1..200),
+    ) {
+        let (r, c) = (sorted(r), sorted(c));
+        let (rc, cc) = counts_for(&r, &c);
+        let p = psi(&rc, &cc, DEFAULT_EPSILON);
+        prop_assert!(p >= 0.0, "psi {p}");
+        let (rr, rr2) = counts_for(&r, &r);
+        prop_assert_eq!(psi(&rr, &rr2, DEFAULT_EPSILON), 0.0);
+    }
+
+    #[test]
+    fn ks_statistic_bounds_identity_and_invariance(
+        r in prop::collection::vec(-1000i32..1000, 1..150),
+        c in prop::collection::vec(-1000i32..1000, 1..150),
+        offset in -1000i32..1000,
+    ) {
+        let rf = sorted(r.iter().map(|&x| x as f64).collect());
+        let cf = sorted(c.iter().map(|&x| x as f64).collect());
+        let base = ks_2samp(&rf, &cf).expect("non-empty");
+        prop_assert!((0.0..=1.0).contains(&base.statistic));
+        prop_assert!((0.0..=1.0).contains(&base.pvalue));
+        let same = ks_2samp(&rf, &rf).expect("non-empty");
+        prop_assert_eq!(same.statistic, 0.0);
+        prop_assert_eq!(same.pvalue, 1.0);
+        // x -> 2x + offset is exact (and strictly increasing) on these integers.
+        let map = |v: &[f64]| v.iter().map(|&x| 2.0 * x + offset as f64).collect::<Vec<_>>();
+        let moved = ks_2samp(&map(&rf), &map(&cf)).expect("non-empty");
+        prop_assert_eq!(moved.statistic, base.statistic);
+        prop_assert_eq!(moved.pvalue, base.pvalue);
+    }
+
+    #[test]
+    fn js_symmetric_and_bounded(
+        a in prop::collection::vec(0u64..1000, 1..20),
+        b in prop::collection::vec(0u64..1000, 1..20),
+    ) {
+        let k = a.len().min(b.len());
+        let (mut a, mut b) = (a[..k].to_vec(), b[..k].to_vec());
+        a[0] += 1;
+        b[0] += 1;
+        let ab = js_distance(&a, &b);
+        let ba = js_distance(&b, &a);
+        prop_assert!((ab - ba).abs() <= 1e-15, "{ab} vs {ba}");
+        prop_assert!((0.0..=1.0).contains(&ab));
+        let h = hellinger(&a, &b);
+        prop_assert!((0.0..=1.0 + 1e-15).contains(&h));
+    }
+
+    #[test]
+    fn pvalues_in_unit_interval(
+        r in prop::collection::vec(-50.0f64..50.0, 2..60),
+        c in prop::collection::vec(-50.0f64..50.0, 2..60),
+        cats in prop::collection::vec((1u64..500, 0u64..500), 1..12),
+    ) {
+        let (r, c) = (sorted(r), sorted(c));
+        let cv = cvm_2samp(&r, &c).expect("n >= 2");
+        prop_assert!((0.0..=1.0).contains(&cv.pvalue));
+        let ks = ks_2samp(&r, &c).expect("non-empty");
+        prop_assert!((0.0..=1.0).contains(&ks.pvalue));
+        let (a, b): (Vec<u64>, Vec<u64>) = cats.into_iter().unzip();
+        if let Some(ch) = chi2_contingency(&a, &b) {
+            prop_assert!((0.0..=1.0).contains(&ch.pvalue));
+        }
+    }
+}
