@@ -34,12 +34,18 @@ impl Listeners {
     /// # Errors
     /// Names the address that could not be bound.
     pub async fn bind(config: &Config) -> anyhow::Result<Self> {
-        let grpc = TcpListener::bind(config.grpc_addr)
-            .await
-            .with_context(|| format!("binding gRPC address {} (server.grpc_addr)", config.grpc_addr))?;
-        let http = TcpListener::bind(config.http_addr)
-            .await
-            .with_context(|| format!("binding HTTP address {} (server.http_addr)", config.http_addr))?;
+        let grpc = TcpListener::bind(config.grpc_addr).await.with_context(|| {
+            format!(
+                "binding gRPC address {} (server.grpc_addr)",
+                config.grpc_addr
+            )
+        })?;
+        let http = TcpListener::bind(config.http_addr).await.with_context(|| {
+            format!(
+                "binding HTTP address {} (server.http_addr)",
+                config.http_addr
+            )
+        })?;
         Ok(Self { grpc, http })
     }
 }

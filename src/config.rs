@@ -470,7 +470,10 @@ impl RawConfig {
         }
         let thr = self.rule.psi_threshold;
         if !(thr.is_finite() && thr >= 0.0) {
-            return Err(invalid("rule.psi_threshold", "must be a finite number >= 0"));
+            return Err(invalid(
+                "rule.psi_threshold",
+                "must be a finite number >= 0",
+            ));
         }
         if self.rule.for_evaluations == 0 {
             return Err(invalid("rule.for_evaluations", "must be at least 1"));
@@ -591,7 +594,10 @@ mod tests {
             ("[evaluation]\nmin_samples = \"many\"\n", "min_samples"),
             ("[rule]\nfor_evaluations = 0\n", "rule.for_evaluations"),
             ("[webhook]\nurls = [\"ftp://x\"]\n", "webhook.urls"),
-            ("[evaluation]\npsi_epsilon = 0.0\n", "evaluation.psi_epsilon"),
+            (
+                "[evaluation]\npsi_epsilon = 0.0\n",
+                "evaluation.psi_epsilon",
+            ),
             ("bogus = 1\n", "bogus"),
         ];
         for (text, key) in cases {

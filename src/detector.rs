@@ -114,8 +114,14 @@ fn compare(fr: &FeatureReference, data: &SampleData, cfg: &EngineConfig, rep: &m
             let mut keys: Vec<&String> = rc.keys().chain(cc.keys()).collect();
             keys.sort();
             keys.dedup();
-            let r: Vec<u64> = keys.iter().map(|k| rc.get(*k).copied().unwrap_or(0)).collect();
-            let c: Vec<u64> = keys.iter().map(|k| cc.get(*k).copied().unwrap_or(0)).collect();
+            let r: Vec<u64> = keys
+                .iter()
+                .map(|k| rc.get(*k).copied().unwrap_or(0))
+                .collect();
+            let c: Vec<u64> = keys
+                .iter()
+                .map(|k| cc.get(*k).copied().unwrap_or(0))
+                .collect();
             rep.psi = Some(stats::psi(&r, &c, cfg.psi_epsilon));
             rep.chi2 = stats::chi2_contingency(&r, &c);
         }
@@ -232,7 +238,13 @@ mod tests {
     #[test]
     fn interrupted_drift_does_not_fire() {
         let mut t = RuleTracker::default();
-        for v in [Verdict::Drift, Verdict::Drift, Verdict::Ok, Verdict::Drift, Verdict::Drift] {
+        for v in [
+            Verdict::Drift,
+            Verdict::Drift,
+            Verdict::Ok,
+            Verdict::Drift,
+            Verdict::Drift,
+        ] {
             assert_eq!(t.observe(v, 0, 3), Transition::None);
         }
     }

@@ -203,7 +203,10 @@ mod tests {
         assert_eq!(validate_name(""), Err(NameError::Empty));
         assert_eq!(validate_name(&"a".repeat(129)), Err(NameError::TooLong));
         assert_eq!(validate_name("a b"), Err(NameError::BadChar(' ')));
-        assert_eq!(validate_name("fraud\u{0}"), Err(NameError::BadChar('\u{0}')));
+        assert_eq!(
+            validate_name("fraud\u{0}"),
+            Err(NameError::BadChar('\u{0}'))
+        );
         assert_eq!(validate_name("fraud-model_v1.2:x"), Ok(()));
     }
 

@@ -295,7 +295,11 @@ impl Handle {
     ///
     /// # Errors
     /// As [`Handle::ingest`].
-    pub async fn set_reference(&self, key: ModelKey, batches: Vec<Batch>) -> Result<ReferenceAck, Error> {
+    pub async fn set_reference(
+        &self,
+        key: ModelKey,
+        batches: Vec<Batch>,
+    ) -> Result<ReferenceAck, Error> {
         let (ack, rx) = oneshot::channel();
         self.tx
             .send(Command::SetReference { key, batches, ack })
@@ -359,7 +363,12 @@ impl VersionState {
     fn restore(stored: store::StoredVersion, cfg: &EngineConfig) -> Self {
         let mut v = Self::new(cfg);
         if let Some(r) = stored.reference {
-            v.set_reference(Reference::compile(r.source, r.records, r.features, cfg.psi_bins));
+            v.set_reference(Reference::compile(
+                r.source,
+                r.records,
+                r.features,
+                cfg.psi_bins,
+            ));
         }
         v.rule = stored.rule.unwrap_or_default();
         for b in stored.batches {
@@ -400,7 +409,9 @@ impl VersionState {
     /// Applies a checked batch to the window and the warm-up reference.
     fn apply(&mut self, batch: &Batch, cfg: &EngineConfig) {
         for col in &batch.columns {
-            self.schema.entry(col.name.clone()).or_insert(col.values.kind());
+            self.schema
+                .entry(col.name.clone())
+                .or_insert(col.values.kind());
         }
         self.window.push(batch);
         if let Some(builder) = self.warmup.as_mut() {
@@ -408,7 +419,8 @@ impl VersionState {
             builder.push(batch, need as usize);
             if builder.records() >= cfg.warmup_samples.get() as u64 {
                 if let Some(b) = self.warmup.take() {
-                    self.reference = Some(Arc::new(b.build(reference::Source::Warmup, cfg.psi_bins)));
+                    self.reference =
+                        Some(Arc::new(b.build(reference::Source::Warmup, cfg.psi_bins)));
                 }
             }
         }
@@ -423,11 +435,7 @@ impl VersionState {
             .flat_map(|r| r.features.iter().map(|f| (f.name.as_str(), f)))
             .collect();
         let snapshot_roles = self.window.roles();
-        let names: BTreeSet<&str> = self
-            .schema
-            .keys()
-            .map(String::as_str)
-            .collect();
+        let names: BTreeSet<&str> = self.schema.keys().map(String::as_str).collect();
         let features = names
             .into_iter()
             .map(|name| {
@@ -572,9 +580,10 @@ fn count_ingest(metrics: &Metrics, batch: &Batch) {
     metrics.ingest_batches.with_label_values(&labels).inc();
     for col in &batch.columns {
         let n = col.values.n_missing();
-        let c = metrics
-            .missing_values
-            .with_label_values(&[labels[0], labels[1], col.name.as_str()]);
+        let c =
+            metrics
+                .missing_values
+                .with_label_values(&[labels[0], labels[1], col.name.as_str()]);
         if n > 0 {
             c.inc_by(n);
         }
@@ -713,7 +722,12 @@ async fn run_evaluator(
 
 /// Evaluates every model version once. Public within the crate so tests
 /// can drive evaluations without waiting for the clock.
-async fn evaluate_all(shared: &Arc<Shared>, store: &Store, metrics: &Metrics, webhooks: &webhook::Sender) {
+async fn evaluate_all(
+    shared: &Arc<Shared>,
+    store: &Store,
+    metrics: &Metrics,
+    webhooks: &webhook::Sender,
+) {
     let started = Instant::now();
     let work: Vec<(ModelKey, Option<Arc<Reference>>, CountWindow)> = {
         let state = lock(&shared.state);
@@ -745,14 +759,24 @@ async fn evaluate_all(shared: &Arc<Shared>, store: &Store, metrics: &Metrics, we
     {
         let mut state = lock(&shared.state);
         for (key, report) in reports {
-            let Some(v) = state.get_mut(&key) else { continue };
-            export(metrics, &key, &shared.window_name, &report, v.reference.as_deref());
+            let Some(v) = state.get_mut(&key) else {
+                continue;
+            };
+            export(
+                metrics,
+                &key,
+                &shared.window_name,
+                &report,
+                v.reference.as_deref(),
+            );
             metrics
                 .evaluations
                 .with_label_values(&[&key.model, &key.version, report.verdict.as_str()])
                 .inc();
             let before = v.rule;
-            let transition = v.rule.observe(report.verdict, now, shared.cfg.for_evaluations);
+            let transition = v
+                .rule
+                .observe(report.verdict, now, shared.cfg.for_evaluations);
             if v.rule != before {
                 rules_changed = true;
                 if let Err(error) = store.put_rule(&key, &v.rule) {
@@ -764,7 +788,8 @@ async fn evaluate_all(shared: &Arc<Shared>, store: &Store, metrics: &Metrics, we
                 .rule_firing
                 .with_label_values(&[&key.model, &key.version, PSI_RULE])
                 .set(i64::from(v.rule.state() == RuleState::Firing));
-            if let Some(event) = make_event(&key, &shared, &report, transition, before, v.rule, now) {
+            if let Some(event) = make_event(&key, shared, &report, transition, before, v.rule, now)
+            {
                 tracing::info!(model = %key.model, version = %key.version, rule = PSI_RULE, event = ?event.event, "Rule state changed");
                 events.push(event);
             }
@@ -788,9 +813,20 @@ async fn evaluate_all(shared: &Arc<Shared>, store: &Store, metrics: &Metrics, we
         .observe(started.elapsed().as_secs_f64());
 }
 
-fn export(metrics: &Metrics, key: &ModelKey, window: &str, report: &Report, reference: Option<&Reference>) {
+fn export(
+    metrics: &Metrics,
+    key: &ModelKey,
+    window: &str,
+    report: &Report,
+    reference: Option<&Reference>,
+) {
     for f in &report.features {
-        let labels = [key.model.as_str(), key.version.as_str(), f.name.as_str(), window];
+        let labels = [
+            key.model.as_str(),
+            key.version.as_str(),
+            f.name.as_str(),
+            window,
+        ];
         metrics
             .window_samples
             .with_label_values(&labels)
@@ -812,12 +848,21 @@ fn export(metrics: &Metrics, key: &ModelKey, window: &str, report: &Report, refe
             metrics.psi.with_label_values(&labels).set(psi);
         }
         if let Some(ks) = f.ks {
-            metrics.ks_statistic.with_label_values(&labels).set(ks.statistic);
+            metrics
+                .ks_statistic
+                .with_label_values(&labels)
+                .set(ks.statistic);
             metrics.ks_p_value.with_label_values(&labels).set(ks.pvalue);
         }
         if let Some(c) = f.chi2 {
-            metrics.chi2_statistic.with_label_values(&labels).set(c.statistic);
-            metrics.chi2_p_value.with_label_values(&labels).set(c.pvalue);
+            metrics
+                .chi2_statistic
+                .with_label_values(&labels)
+                .set(c.statistic);
+            metrics
+                .chi2_p_value
+                .with_label_values(&labels)
+                .set(c.pvalue);
         }
     }
 }
@@ -873,7 +918,10 @@ fn make_event(
         ),
     };
     Some(webhook::Event {
-        id: format!("{}/{}/{}/{}/{}", key.model, key.version, PSI_RULE, started_ms, kind_str),
+        id: format!(
+            "{}/{}/{}/{}/{}",
+            key.model, key.version, PSI_RULE, started_ms, kind_str
+        ),
         event: kind,
         model: key.model.clone(),
         version: key.version.clone(),

@@ -4,8 +4,8 @@
 //! names and from the closed sets defined here as enums.
 
 use prometheus::{
-    core::Collector, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter,
-    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    core::Collector, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::domain::ModelKey;
@@ -150,23 +150,31 @@ impl Metrics {
             .expect("static prefix is a valid metric name");
         let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
             let g = GaugeVec::new(Opts::new(name, help), labels).expect("valid gauge");
-            registry.register(Box::new(g.clone())).expect("unique metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
             g
         };
         let int_gauge_vec = |name: &str, help: &str, labels: &[&str]| {
             let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge");
-            registry.register(Box::new(g.clone())).expect("unique metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
             g
         };
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter");
-            registry.register(Box::new(c.clone())).expect("unique metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
             c
         };
         let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
             let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
                 .expect("valid histogram");
-            registry.register(Box::new(h.clone())).expect("unique metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
             h
         };
         let m = Self {
@@ -243,14 +251,18 @@ impl Metrics {
             ingest_queue_depth: {
                 let g = IntGauge::new("ingest_queue_depth", "Batches waiting in the ingest queue")
                     .expect("valid gauge");
-                registry.register(Box::new(g.clone())).expect("unique metric");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("unique metric");
                 g
             },
             // One evaluation of all versions; the target is well under 100 ms.
             evaluation_duration: histogram(
                 "evaluation_duration_seconds",
                 "Time to evaluate every model version once",
-                vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5],
+                vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ],
             ),
             evaluations: counter_vec(
                 "evaluations_total",
@@ -272,18 +284,25 @@ impl Metrics {
             store_flush_duration: histogram(
                 "store_flush_duration_seconds",
                 "Duration of one store flush (group commit)",
-                vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0],
+                vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    1.0,
+                ],
             ),
             store_errors: {
                 let c = IntCounter::new("store_errors_total", "Store operations that failed")
                     .expect("valid counter");
-                registry.register(Box::new(c.clone())).expect("unique metric");
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("unique metric");
                 c
             },
             store_size: {
                 let g = Gauge::new("store_size_bytes", "Size of the store on disk")
                     .expect("valid gauge");
-                registry.register(Box::new(g.clone())).expect("unique metric");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("unique metric");
                 g
             },
             build_info: int_gauge_vec(

@@ -143,8 +143,14 @@ pub struct Builder {
 
 #[derive(Debug, Clone)]
 enum Collected {
-    Numeric { values: Vec<f64>, missing: u64 },
-    Categorical { counts: BTreeMap<String, u64>, missing: u64 },
+    Numeric {
+        values: Vec<f64>,
+        missing: u64,
+    },
+    Categorical {
+        counts: BTreeMap<String, u64>,
+        missing: u64,
+    },
 }
 
 impl Builder {
@@ -200,7 +206,10 @@ impl Builder {
             .into_iter()
             .map(|(name, (role, c))| {
                 let raw = match c {
-                    Collected::Numeric { mut values, missing } => {
+                    Collected::Numeric {
+                        mut values,
+                        missing,
+                    } => {
                         values.sort_unstable_by(f64::total_cmp);
                         RawFeature::Numeric {
                             sorted: values,

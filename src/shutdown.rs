@@ -21,7 +21,10 @@ pub async fn signal() -> std::io::Result<()> {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
     };
-    tracing::info!(signal = name, "Shutdown signal received, draining; send it again to exit at once");
+    tracing::info!(
+        signal = name,
+        "Shutdown signal received, draining; send it again to exit at once"
+    );
     tokio::spawn(async move {
         tokio::select! {
             _ = term.recv() => {},

@@ -41,7 +41,9 @@ pub enum Error {
         source: sled::Error,
     },
     /// The directory holds data written in another on-disk format.
-    #[error("store at {path} has schema version {found}, this driftd reads version {SCHEMA_VERSION}")]
+    #[error(
+        "store at {path} has schema version {found}, this driftd reads version {SCHEMA_VERSION}"
+    )]
     Schema {
         /// The data directory.
         path: PathBuf,
@@ -268,16 +270,19 @@ impl Store {
         let io = |source| Error::Io { op: "load", source };
         for item in self.batches.iter() {
             let (k, v) = item.map_err(io)?;
-            let (key, rest) = decode_version_prefix(&k).ok_or(Error::Corrupt { tree: "batches" })?;
+            let (key, rest) =
+                decode_version_prefix(&k).ok_or(Error::Corrupt { tree: "batches" })?;
             let seq = <[u8; 8]>::try_from(rest)
                 .map(u64::from_be_bytes)
                 .map_err(|_| Error::Corrupt { tree: "batches" })?;
-            let stored = decode_batch(&v, key.clone(), seq).ok_or(Error::Corrupt { tree: "batches" })?;
+            let stored =
+                decode_batch(&v, key.clone(), seq).ok_or(Error::Corrupt { tree: "batches" })?;
             version_entry(&mut versions, key).batches.push(stored);
         }
         for item in self.references.iter() {
             let (k, v) = item.map_err(io)?;
-            let (key, _) = decode_version_prefix(&k).ok_or(Error::Corrupt { tree: "references" })?;
+            let (key, _) =
+                decode_version_prefix(&k).ok_or(Error::Corrupt { tree: "references" })?;
             let r = decode_reference(&v).ok_or(Error::Corrupt { tree: "references" })?;
             version_entry(&mut versions, key).reference = Some(r);
         }
@@ -414,7 +419,9 @@ fn role_from(c: u8) -> Option<Role> {
 }
 
 fn encode_batch(s: &StoredBatch) -> Vec<u8> {
-    let mut w = Writer(Vec::with_capacity(64 + s.batch.n_rows * 8 * s.batch.columns.len()));
+    let mut w = Writer(Vec::with_capacity(
+        64 + s.batch.n_rows * 8 * s.batch.columns.len(),
+    ));
     w.u64(s.cumulative_records);
     w.u32(s.batch.n_rows as u32);
     w.u32(s.batch.columns.len() as u32);

@@ -90,7 +90,11 @@ impl Sender {
     ///
     /// # Errors
     /// Fails only if the TLS backend cannot be initialised.
-    pub fn new(cfg: WebhookConfig, metrics: Metrics, tracker: TaskTracker) -> reqwest::Result<Self> {
+    pub fn new(
+        cfg: WebhookConfig,
+        metrics: Metrics,
+        tracker: TaskTracker,
+    ) -> reqwest::Result<Self> {
         let client = reqwest::Client::builder()
             .timeout(cfg.timeout)
             .user_agent(concat!("driftd/", env!("CARGO_PKG_VERSION")))
@@ -109,7 +113,8 @@ impl Sender {
             let this = self.clone();
             let url = url.clone();
             let event = event.clone();
-            self.tracker.spawn(async move { this.deliver(&url, &event).await });
+            self.tracker
+                .spawn(async move { this.deliver(&url, &event).await });
         }
     }
 
@@ -159,9 +164,7 @@ impl Sender {
 fn backoff(attempt: u32) -> Duration {
     const BASE_MS: u64 = 250;
     const CAP_MS: u64 = 10_000;
-    let ceiling = BASE_MS
-        .saturating_mul(1u64 << attempt.min(16))
-        .min(CAP_MS);
+    let ceiling = BASE_MS.saturating_mul(1u64 << attempt.min(16)).min(CAP_MS);
     Duration::from_millis(rand::rng().random_range(0..ceiling.max(1)))
 }
 

@@ -163,7 +163,8 @@ impl CountWindow {
             .map(|(name, fw)| {
                 let data = match &fw.ring {
                     Ring::Numeric(ring) => {
-                        let mut v: Vec<f64> = ring.iter().copied().filter(|x| x.is_finite()).collect();
+                        let mut v: Vec<f64> =
+                            ring.iter().copied().filter(|x| x.is_finite()).collect();
                         v.sort_unstable_by(f64::total_cmp);
                         SampleData::Numeric(v)
                     }

@@ -65,7 +65,10 @@ fn error(status: StatusCode, msg: impl Into<String>) -> Response {
 
 async fn metrics_handler(State(s): State<AppState>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         s.metrics.encode(),
     )
         .into_response()

@@ -90,8 +90,10 @@ impl pb::driftd_server::Driftd for Service {
     ) -> Result<Response<pb::IngestSummary>, Status> {
         let mut stream = request.into_inner();
         let mut summary = pb::IngestSummary::default();
-        let mut in_flight: VecDeque<(String, tokio::task::JoinHandle<Result<IngestAck, engine::Error>>)> =
-            VecDeque::new();
+        let mut in_flight: VecDeque<(
+            String,
+            tokio::task::JoinHandle<Result<IngestAck, engine::Error>>,
+        )> = VecDeque::new();
         let mut idx = 0u64;
         let add = |summary: &mut pb::IngestSummary, a: IngestAck| {
             summary.batches += 1;
@@ -240,8 +242,12 @@ fn batch_from_proto(batch: Option<pb::RecordBatch>) -> Result<Batch, Rejection> 
     let mut columns = Vec::with_capacity(b.columns.len());
     let mut n_rows = None;
     for (i, c) in b.columns.into_iter().enumerate() {
-        domain::validate_name(&c.name)
-            .map_err(|e| (RejectReason::InvalidName, format!("batch.columns[{i}].name: {e}")))?;
+        domain::validate_name(&c.name).map_err(|e| {
+            (
+                RejectReason::InvalidName,
+                format!("batch.columns[{i}].name: {e}"),
+            )
+        })?;
         if !names.insert(c.name.clone()) {
             return Err((
                 RejectReason::DuplicateColumn,

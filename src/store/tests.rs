@@ -136,7 +136,10 @@ fn truncated_values_do_not_decode() {
         batch: batch(&k, vec![1.0, 2.0]),
     });
     for cut in 0..enc.len() {
-        assert!(decode_batch(&enc[..cut], k.clone(), 0).is_none(), "cut at {cut}");
+        assert!(
+            decode_batch(&enc[..cut], k.clone(), 0).is_none(),
+            "cut at {cut}"
+        );
     }
     assert!(decode_batch(&enc, k, 0).is_some());
 }

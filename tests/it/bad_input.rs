@@ -15,7 +15,11 @@ async fn bad_batches_are_rejected_with_the_field_named() {
 
     // Establish "age" as numeric.
     client
-        .ingest_batch(batch("m", "v", vec![numeric("age", ColumnRole::Input, vec![1.0, 2.0])]))
+        .ingest_batch(batch(
+            "m",
+            "v",
+            vec![numeric("age", ColumnRole::Input, vec![1.0, 2.0])],
+        ))
         .await
         .expect("valid batch");
 
@@ -92,8 +96,12 @@ async fn bad_batches_are_rejected_with_the_field_named() {
         ),
     ];
     for (what, req, message, reason) in cases {
-        let before = sample(&daemon.scrape().await, "driftd_ingest_rejected_total", &[("reason", reason)])
-            .unwrap_or(0.0);
+        let before = sample(
+            &daemon.scrape().await,
+            "driftd_ingest_rejected_total",
+            &[("reason", reason)],
+        )
+        .unwrap_or(0.0);
         let status = client.ingest_batch(req.clone()).await.expect_err(what);
         assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
         assert!(
@@ -101,7 +109,11 @@ async fn bad_batches_are_rejected_with_the_field_named() {
             "{what}: {:?} does not contain {message:?}",
             status.message()
         );
-        let after = sample(&daemon.scrape().await, "driftd_ingest_rejected_total", &[("reason", reason)]);
+        let after = sample(
+            &daemon.scrape().await,
+            "driftd_ingest_rejected_total",
+            &[("reason", reason)],
+        );
         assert_eq!(after, Some(before + 1.0), "{what}: counted as {reason}");
 
         // The same batch inside a stream names its position.
@@ -113,7 +125,11 @@ async fn bad_batches_are_rejected_with_the_field_named() {
             .await
             .expect_err(what);
         assert_eq!(status.code(), Code::InvalidArgument);
-        assert!(status.message().starts_with("batch 1: "), "{}", status.message());
+        assert!(
+            status.message().starts_with("batch 1: "),
+            "{}",
+            status.message()
+        );
     }
 
     // NaN and infinities are missing values: accepted, counted, exported.
@@ -134,7 +150,11 @@ async fn bad_batches_are_rejected_with_the_field_named() {
     assert_eq!(ack.missing_values, 3);
     let scrape = daemon.scrape().await;
     assert_eq!(
-        sample(&scrape, "driftd_missing_values_total", &[("model", "m"), ("feature", "age")]),
+        sample(
+            &scrape,
+            "driftd_missing_values_total",
+            &[("model", "m"), ("feature", "age")]
+        ),
         Some(3.0)
     );
 
@@ -162,7 +182,9 @@ async fn bad_batches_are_rejected_with_the_field_named() {
         .await
         .unwrap_err();
     assert_eq!(st.code(), Code::NotFound);
-    let resp = reqwest::get(daemon.url("/api/v1/models/nope/status")).await.unwrap();
+    let resp = reqwest::get(daemon.url("/api/v1/models/nope/status"))
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 404);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert!(body["error"].as_str().unwrap().contains("nope"));

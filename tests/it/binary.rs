@@ -69,13 +69,24 @@ fn check_config_prints_the_effective_configuration() {
     let parsed: toml::Value = toml::from_str(&text).expect("prints TOML");
     assert_eq!(parsed["rule"]["psi_threshold"].as_float(), Some(0.25));
     assert_eq!(parsed["window"]["size"].as_integer(), Some(1234));
-    assert_eq!(parsed["server"]["grpc_addr"].as_str(), Some("127.0.0.1:7700"));
+    assert_eq!(
+        parsed["server"]["grpc_addr"].as_str(),
+        Some("127.0.0.1:7700")
+    );
 }
 
 /// Starts the binary on port 0 with JSON logs and returns the child and its
 /// bound gRPC and HTTP addresses, read from the "listening" log lines.
 fn spawn_daemon(data: &std::path::Path) -> (std::process::Child, String, String) {
+    spawn_daemon_with(data, &[])
+}
+
+fn spawn_daemon_with(
+    data: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (std::process::Child, String, String) {
     let mut child = driftd()
+        .envs(env.iter().copied())
         .args(["--log-format", "json"])
         .env("DRIFTD_STORE__PATH", data)
         .env("DRIFTD_SERVER__GRPC_ADDR", "127.0.0.1:0")
@@ -149,11 +160,7 @@ async fn sigterm_drains_and_exits_zero_keeping_acknowledged_data() {
     let ready = reqwest::get(format!("http://{http}/readyz")).await.unwrap();
     assert_eq!(ready.status(), 200);
 
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    sigterm(&child);
     let code = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(20)))
         .await
         .unwrap();
@@ -173,4 +180,106 @@ async fn sigterm_drains_and_exits_zero_keeping_acknowledged_data() {
         .into_inner();
     assert_eq!(status.versions[0].records_ingested, acked);
     daemon.stop().await.unwrap();
+}
+
+/// The shipped example configuration is valid and lists exactly the
+/// embedded defaults, and the README documents every key it prints.
+#[test]
+fn example_config_and_readme_match_the_defaults() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let defaults = driftd().arg("check-config").output().unwrap();
+    assert!(defaults.status.success());
+    let example = driftd()
+        .args(["check-config", "--config"])
+        .arg(format!("{root}/deploy/driftd.example.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        example.status.success(),
+        "{}",
+        String::from_utf8_lossy(&example.stderr)
+    );
+    assert_eq!(defaults.stdout, example.stdout);
+
+    let effective: toml::Table =
+        toml::from_str(&String::from_utf8(defaults.stdout).unwrap()).unwrap();
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    for (key, value) in &effective {
+        let mut keys = Vec::new();
+        match value.as_table() {
+            Some(section) => keys.extend(section.keys().map(|k| format!("{key}.{k}"))),
+            None => keys.push(key.clone()),
+        }
+        for k in keys {
+            let env = format!("DRIFTD_{}", k.replace('.', "__").to_uppercase());
+            assert!(
+                readme.contains(&format!("| `{k}` | `{env}` |")),
+                "README configuration reference lacks {k} ({env})"
+            );
+        }
+    }
+}
+
+fn sigterm(child: &std::process::Child) {
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+}
+
+/// Opens an Ingest stream, sends one batch and keeps the stream open, so a
+/// graceful shutdown has an in-flight RPC to wait for.
+async fn hold_open_stream(grpc: &str) -> tokio::sync::mpsc::Sender<pb::IngestRequest> {
+    let mut client = pb::driftd_client::DriftdClient::connect(format!("http://{grpc}"))
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(batch(
+        "m",
+        "v",
+        vec![numeric("x", ColumnRole::Input, vec![1.0])],
+    ))
+    .await
+    .unwrap();
+    tokio::spawn(async move {
+        let _ = client
+            .ingest(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await;
+    });
+    // Let the stream reach the server before the signal.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tx
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, grpc, _) =
+        spawn_daemon_with(dir.path(), &[("DRIFTD_SERVER__GRACE_PERIOD", "60s")]);
+    let _stream = hold_open_stream(&grpc).await;
+    sigterm(&child);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "first signal waits for the open stream"
+    );
+    sigterm(&child);
+    let code = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(130));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_longer_than_the_grace_period_exits_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, grpc, _) =
+        spawn_daemon_with(dir.path(), &[("DRIFTD_SERVER__GRACE_PERIOD", "1s")]);
+    let _stream = hold_open_stream(&grpc).await;
+    sigterm(&child);
+    let code = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(15)))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(1));
 }

@@ -76,9 +76,16 @@ async fn shifted_feature_drifts_fires_webhook_and_state_survives_restart() {
         Some(N as f64)
     );
     let ks_p = sample(&scrape, "driftd_ks_p_value", &labels("shifted")).unwrap();
-    assert!(ks_p < 1e-6, "KS p-value of a 1-sd shift on 2000 samples: {ks_p}");
+    assert!(
+        ks_p < 1e-6,
+        "KS p-value of a 1-sd shift on 2000 samples: {ks_p}"
+    );
     assert_eq!(
-        sample(&scrape, "driftd_ingest_records_total", &[("model", "fraud"), ("version", "v1")]),
+        sample(
+            &scrape,
+            "driftd_ingest_records_total",
+            &[("model", "fraud"), ("version", "v1")]
+        ),
         Some(2.0 * N as f64)
     );
     assert!(scrape.contains("driftd_build_info{version=\""));
@@ -100,7 +107,11 @@ async fn shifted_feature_drifts_fires_webhook_and_state_survives_restart() {
     assert_eq!(e["for_evaluations"], 2);
     assert_eq!(e["window"], format!("last_{N}"));
     let features = e["features"].as_array().unwrap();
-    assert_eq!(features.len(), 1, "only the shifted feature tripped: {features:?}");
+    assert_eq!(
+        features.len(),
+        1,
+        "only the shifted feature tripped: {features:?}"
+    );
     assert_eq!(features[0]["feature"], "shifted");
     assert!(features[0]["psi"].as_f64().unwrap() > 0.2);
     assert!(features[0]["ks_pvalue"].as_f64().is_some());

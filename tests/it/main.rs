@@ -5,9 +5,9 @@
 
 mod support;
 
-/// Ingest over gRPC end to end: PSI on /metrics, webhooks, restart.
-mod end_to_end;
 /// Each malformed request and its status and message.
 mod bad_input;
 /// The binary: configuration errors, check-config, SIGTERM.
 mod binary;
+/// Ingest over gRPC end to end: PSI on /metrics, webhooks, restart.
+mod end_to_end;

@@ -31,7 +31,9 @@ pub fn test_config(dir: &std::path::Path, extra: &[(&str, String)]) -> driftd::c
         ("DRIFTD_SERVER__GRACE_PERIOD".into(), "10s".into()),
     ];
     env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
-    driftd::config::load(None, env).expect("valid test config").1
+    driftd::config::load(None, env)
+        .expect("valid test config")
+        .1
 }
 
 impl TestDaemon {
@@ -153,7 +155,9 @@ pub fn categorical(name: &str, values: Vec<String>) -> pb::Column {
     pb::Column {
         name: name.into(),
         role: pb::ColumnRole::Input as i32,
-        values: Some(pb::column::Values::Categorical(pb::CategoricalValues { values })),
+        values: Some(pb::column::Values::Categorical(pb::CategoricalValues {
+            values,
+        })),
     }
 }
 
