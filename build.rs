@@ -12,7 +12,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("driftd_descriptor.bin"))
-        .compile_protos(&["proto/driftd/v1/driftd.proto"], &["proto"])?;
+        .compile_protos(
+            &[
+                "proto/driftd/v1/driftd.proto",
+                "proto/inference/open_inference.proto",
+            ],
+            &["proto"],
+        )?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

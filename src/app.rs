@@ -15,7 +15,7 @@ use crate::{
     engine,
     metrics::Metrics,
     proto,
-    server::{admin, grpc},
+    server::{admin, grpc, kserve},
     store::Store,
     webhook,
 };
@@ -70,8 +70,14 @@ pub async fn run(
     let metrics = Metrics::new();
     let tracker = TaskTracker::new();
     let cancel = CancellationToken::new();
-    let webhooks = webhook::Sender::new(config.webhook.clone(), metrics.clone(), tracker.clone())
-        .context("building webhook client")?;
+    let webhooks = webhook::Outbox::start(
+        config.webhook.clone(),
+        store.clone(),
+        metrics.clone(),
+        &tracker,
+        cancel.clone(),
+    )
+    .context("building webhook client")?;
     let engine = engine::start(
         config.engine.clone(),
         config.queue_capacity,
@@ -113,7 +119,10 @@ pub async fn run(
             ),
     );
     let ready = admin::Readiness::default();
-    let router = admin::router(metrics.clone(), engine.reader(), ready.clone());
+    let kserve = kserve::Kserve::new(engine.clone(), metrics.clone(), config.inference.clone());
+    tracker.spawn(kserve.clone().run_expiry(cancel.clone()));
+    let router =
+        admin::router(metrics.clone(), engine.reader(), ready.clone()).merge(kserve.router());
     let http_cancel = cancel.clone();
     let mut http_task = tokio::spawn(async move {
         axum::serve(listeners.http, router)

@@ -17,6 +17,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use crate::rules::{Combine, Correction, Op, RoleFilter, Rule, Statistic};
+
 /// Prefix of environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "DRIFTD";
 
@@ -30,8 +32,9 @@ const SECTIONS: &[&str] = &[
     "reference",
     "window",
     "evaluation",
-    "rule",
+    "rules",
     "webhook",
+    "inference",
 ];
 const TOP_LEVEL_KEYS: &[&str] = &["log", "log_format"];
 
@@ -83,10 +86,59 @@ pub struct RawConfig {
     pub window: RawWindow,
     /// Evaluation schedule and statistics.
     pub evaluation: RawEvaluation,
-    /// The drift rule.
-    pub rule: RawRule,
+    /// Drift rules.
+    pub rules: RawRules,
     /// Webhook targets.
     pub webhook: RawWebhook,
+    /// KServe CloudEvents and Open Inference Protocol ingest.
+    pub inference: RawInference,
+}
+
+/// `[inference]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawInference {
+    /// How long a logged request waits for its response (and vice versa)
+    /// before it is ingested alone.
+    pub join_ttl: String,
+    /// Most unmatched events held for joining.
+    pub join_capacity: usize,
+    /// Largest accepted CloudEvent body, in bytes.
+    pub max_body_bytes: usize,
+    /// Name models `<namespace>.<name>` instead of `<name>`.
+    pub include_namespace: bool,
+    /// Fixed model version for CloudEvents; empty: taken from
+    /// `ce-endpoint` (`default` or `canary`).
+    pub version: String,
+    /// Column names per model, for tensors and array rows.
+    pub models: Vec<RawInferenceModel>,
+}
+
+/// `[[inference.models]]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInferenceModel {
+    /// Model name as driftd sees it.
+    pub name: String,
+    /// Names of the input columns, in tensor order.
+    #[serde(default)]
+    pub input_names: Vec<String>,
+    /// Names of the output columns, in tensor order.
+    #[serde(default)]
+    pub output_names: Vec<String>,
+}
+
+impl Default for RawInference {
+    fn default() -> Self {
+        Self {
+            join_ttl: "30s".into(),
+            join_capacity: 10_000,
+            max_body_bytes: 8 * 1024 * 1024,
+            include_namespace: false,
+            version: String::new(),
+            models: Vec::new(),
+        }
+    }
 }
 
 /// `[server]`.
@@ -157,26 +209,138 @@ pub struct RawEvaluation {
     pub psi_epsilon: f64,
 }
 
-/// `[rule]`.
+/// `[rules]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct RawRule {
-    /// The rule holds when any feature's PSI exceeds this.
-    pub psi_threshold: f64,
-    /// Consecutive evaluations the rule must hold before it fires.
+pub struct RawRules {
+    /// Default `for_evaluations` of every rule.
     pub for_evaluations: u32,
+    /// Default `keep_firing_for` of every rule.
+    pub keep_firing_for: u32,
+    /// Threshold of the built-in `psi` rule (used when `list` is empty).
+    pub psi_threshold: f64,
+    /// Alpha of the built-in `ks` rule, after Bonferroni (used when `list`
+    /// is empty).
+    pub ks_pvalue_threshold: f64,
+    /// Default severity of every rule.
+    pub severity: String,
+    /// The rules; empty: the built-in `psi` and `ks` rules.
+    pub list: Vec<RawRule>,
+}
+
+/// `[[rules.list]]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    /// Unique name.
+    pub name: String,
+    /// Model name globs; default all.
+    #[serde(default = "all")]
+    pub models: Vec<String>,
+    /// psi, ks_pvalue, ks_statistic, js, wasserstein_norm, hellinger,
+    /// chi2_pvalue, cvm_pvalue or missing_share.
+    pub statistic: Statistic,
+    /// Feature name globs; default all.
+    #[serde(default = "all")]
+    pub features: Vec<String>,
+    /// input, output or any (default).
+    #[serde(default = "role_any")]
+    pub role: RoleFilter,
+    /// ">", ">=", "<" or "<="; default "<" for p-values, ">" otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub op: Option<Op>,
+    /// The threshold (alpha for p-values).
+    pub threshold: f64,
+    /// any (default), share or count.
+    #[serde(default = "combine_any")]
+    pub combine: String,
+    /// The share (0-1) or count for `combine`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub combine_value: Option<f64>,
+    /// none (default), bonferroni or benjamini_hochberg (p-values only).
+    #[serde(default = "correction_none")]
+    pub correction: Correction,
+    /// Default: `evaluation.min_samples`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_samples: Option<u64>,
+    /// Default: `rules.for_evaluations`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_evaluations: Option<u32>,
+    /// Default: `rules.keep_firing_for`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_firing_for: Option<u32>,
+    /// Default: `rules.severity`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub severity: Option<String>,
+    /// Webhook target names; default all.
+    #[serde(default)]
+    pub webhooks: Vec<String>,
+}
+
+fn all() -> Vec<String> {
+    vec!["*".into()]
+}
+fn role_any() -> RoleFilter {
+    RoleFilter::Any
+}
+fn combine_any() -> String {
+    "any".into()
+}
+fn correction_none() -> Correction {
+    Correction::None
 }
 
 /// `[webhook]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawWebhook {
-    /// URLs that receive a POST when a rule fires or resolves.
+    /// Shorthand targets `url0`, `url1`, ... with `secrets` and `format`.
     pub urls: Vec<String>,
-    /// Timeout of one delivery attempt, e.g. "5s".
+    /// Signing secrets of the shorthand targets.
+    pub secrets: Vec<String>,
+    /// Payload of the shorthand targets: `driftd` or `alertmanager`.
+    pub format: WebhookFormat,
+    /// Timeout of one delivery attempt, e.g. "10s".
     pub timeout: String,
-    /// Attempts per event and URL before it is given up.
-    pub max_attempts: u32,
+    /// Events older than this are dead-lettered, e.g. "24h".
+    pub max_age: String,
+    /// First retry delay ceiling; doubles per attempt (full jitter).
+    pub backoff_base: String,
+    /// Largest retry delay ceiling.
+    pub backoff_cap: String,
+    /// Named targets.
+    pub targets: Vec<RawTarget>,
+}
+
+/// `[[webhook.targets]]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTarget {
+    /// Unique name, referenced by rules.
+    pub name: String,
+    /// http(s) URL.
+    pub url: String,
+    /// Signing secrets (`whsec_<base64>` or plain text); several during
+    /// rotation.
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    /// A file with one secret per line, added to `secrets`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<PathBuf>,
+    /// `driftd` (default) or `alertmanager`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<WebhookFormat>,
+}
+
+/// The body a webhook target receives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookFormat {
+    /// driftd's own payload.
+    #[default]
+    Driftd,
+    /// The Alertmanager webhook payload, version 4.
+    Alertmanager,
 }
 
 impl Default for RawConfig {
@@ -190,8 +354,9 @@ impl Default for RawConfig {
             reference: RawReference::default(),
             window: RawWindow::default(),
             evaluation: RawEvaluation::default(),
-            rule: RawRule::default(),
+            rules: RawRules::default(),
             webhook: RawWebhook::default(),
+            inference: RawInference::default(),
         }
     }
 }
@@ -251,11 +416,15 @@ impl Default for RawEvaluation {
     }
 }
 
-impl Default for RawRule {
+impl Default for RawRules {
     fn default() -> Self {
         Self {
-            psi_threshold: 0.2,
             for_evaluations: 3,
+            keep_firing_for: 0,
+            psi_threshold: 0.2,
+            ks_pvalue_threshold: 0.01,
+            severity: "critical".into(),
+            list: Vec::new(),
         }
     }
 }
@@ -264,8 +433,13 @@ impl Default for RawWebhook {
     fn default() -> Self {
         Self {
             urls: Vec::new(),
-            timeout: "5s".into(),
-            max_attempts: 5,
+            secrets: Vec::new(),
+            format: WebhookFormat::Driftd,
+            timeout: "10s".into(),
+            max_age: "24h".into(),
+            backoff_base: "1s".into(),
+            backoff_cap: "5m".into(),
+            targets: Vec::new(),
         }
     }
 }
@@ -295,6 +469,25 @@ pub struct Config {
     pub engine: EngineConfig,
     /// Webhook targets.
     pub webhook: WebhookConfig,
+    /// KServe and OIP ingest.
+    pub inference: InferenceConfig,
+}
+
+/// Validated `[inference]`.
+#[derive(Debug, Clone)]
+pub struct InferenceConfig {
+    /// Join time-to-live.
+    pub join_ttl: Duration,
+    /// Join buffer capacity, in events.
+    pub join_capacity: usize,
+    /// Largest CloudEvent body.
+    pub max_body_bytes: usize,
+    /// Prefix model names with the namespace.
+    pub include_namespace: bool,
+    /// Fixed version, or None to use `ce-endpoint`.
+    pub version: Option<String>,
+    /// Per model: (input names, output names).
+    pub names: HashMap<String, (Vec<String>, Vec<String>)>,
 }
 
 /// Validated `[store]`.
@@ -323,21 +516,36 @@ pub struct EngineConfig {
     pub psi_bins: NonZeroUsize,
     /// PSI empty-bin epsilon, in (0, 1).
     pub psi_epsilon: f64,
-    /// PSI threshold of the rule.
-    pub psi_threshold: f64,
-    /// Consecutive evaluations before the rule fires, at least 1.
-    pub for_evaluations: u32,
+    /// The drift rules.
+    pub rules: Vec<Rule>,
 }
 
 /// Validated `[webhook]`.
 #[derive(Debug, Clone)]
 pub struct WebhookConfig {
-    /// Absolute http(s) URLs.
-    pub urls: Vec<String>,
     /// Per-attempt timeout.
     pub timeout: Duration,
-    /// Attempts per event and URL, at least 1.
-    pub max_attempts: u32,
+    /// Age at which an undelivered event is dead-lettered.
+    pub max_age: Duration,
+    /// First backoff ceiling.
+    pub backoff_base: Duration,
+    /// Largest backoff ceiling.
+    pub backoff_cap: Duration,
+    /// Targets, with unique names.
+    pub targets: Vec<Target>,
+}
+
+/// One webhook target.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Unique name.
+    pub name: String,
+    /// Absolute http(s) URL.
+    pub url: String,
+    /// HMAC keys; every one signs each delivery.
+    pub secrets: Vec<Vec<u8>>,
+    /// Payload format.
+    pub format: WebhookFormat,
 }
 
 impl Default for Config {
@@ -397,6 +605,7 @@ fn load_raw(
             .separator("__")
             .list_separator(",")
             .with_list_parse_key("webhook.urls")
+            .with_list_parse_key("webhook.secrets")
             .try_parsing(true)
             .source(Some(vars)),
     );
@@ -468,31 +677,59 @@ impl RawConfig {
                 "must be greater than 0 and less than 1",
             ));
         }
-        let thr = self.rule.psi_threshold;
-        if !(thr.is_finite() && thr >= 0.0) {
-            return Err(invalid(
-                "rule.psi_threshold",
-                "must be a finite number >= 0",
-            ));
-        }
-        if self.rule.for_evaluations == 0 {
-            return Err(invalid("rule.for_evaluations", "must be at least 1"));
-        }
-        for url in &self.webhook.urls {
-            let ok = (url.starts_with("http://") || url.starts_with("https://"))
-                && reqwest::Url::parse(url).is_ok();
-            if !ok {
-                return Err(invalid(
-                    "webhook.urls",
-                    format!("{url:?} is not an absolute http:// or https:// URL"),
-                ));
+        let rules = self.validate_rules()?;
+        let webhook = self.validate_webhook()?;
+        for r in &rules {
+            for w in &r.webhooks {
+                if !webhook.targets.iter().any(|t| &t.name == w) {
+                    return Err(invalid(
+                        "rules.list.webhooks",
+                        format!(
+                            "rule {:?} names webhook target {w:?}, which is not configured",
+                            r.name
+                        ),
+                    ));
+                }
             }
         }
-        let timeout = parse_duration("webhook.timeout", &self.webhook.timeout)?;
-        if self.webhook.max_attempts == 0 {
-            return Err(invalid("webhook.max_attempts", "must be at least 1"));
+        let inf = &self.inference;
+        let join_ttl = parse_duration("inference.join_ttl", &inf.join_ttl)?;
+        if inf.join_capacity == 0 {
+            return Err(invalid("inference.join_capacity", "must be at least 1"));
+        }
+        if inf.max_body_bytes < 1024 {
+            return Err(invalid("inference.max_body_bytes", "must be at least 1024"));
+        }
+        if !inf.version.is_empty() {
+            crate::domain::validate_name(&inf.version)
+                .map_err(|e| invalid("inference.version", e.to_string()))?;
+        }
+        let mut names = HashMap::new();
+        for m in &inf.models {
+            crate::domain::validate_name(&m.name)
+                .map_err(|e| invalid("inference.models.name", format!("{:?}: {e}", m.name)))?;
+            for n in m.input_names.iter().chain(&m.output_names) {
+                crate::domain::validate_name(n).map_err(|e| {
+                    invalid(
+                        "inference.models.input_names",
+                        format!("{n:?} of model {:?}: {e}", m.name),
+                    )
+                })?;
+            }
+            names.insert(
+                m.name.clone(),
+                (m.input_names.clone(), m.output_names.clone()),
+            );
         }
         Ok(Config {
+            inference: InferenceConfig {
+                join_ttl,
+                join_capacity: inf.join_capacity,
+                max_body_bytes: inf.max_body_bytes,
+                include_namespace: inf.include_namespace,
+                version: (!inf.version.is_empty()).then(|| inf.version.clone()),
+                names,
+            },
             log: self.log.clone(),
             log_format: self.log_format,
             grpc_addr,
@@ -513,14 +750,233 @@ impl RawConfig {
                 min_samples: self.evaluation.min_samples,
                 psi_bins,
                 psi_epsilon: eps,
-                psi_threshold: thr,
-                for_evaluations: self.rule.for_evaluations,
+                rules,
             },
-            webhook: WebhookConfig {
-                urls: self.webhook.urls.clone(),
-                timeout,
-                max_attempts: self.webhook.max_attempts,
-            },
+            webhook,
+        })
+    }
+
+    fn validate_rules(&self) -> Result<Vec<Rule>, Error> {
+        let d = &self.rules;
+        if d.for_evaluations == 0 {
+            return Err(invalid("rules.for_evaluations", "must be at least 1"));
+        }
+        if !(d.psi_threshold.is_finite() && d.psi_threshold >= 0.0) {
+            return Err(invalid(
+                "rules.psi_threshold",
+                "must be a finite number >= 0",
+            ));
+        }
+        if !(d.ks_pvalue_threshold > 0.0 && d.ks_pvalue_threshold < 1.0) {
+            return Err(invalid("rules.ks_pvalue_threshold", "must be in (0, 1)"));
+        }
+        let min_samples = self.evaluation.min_samples as u64;
+        let base = |name: &str, statistic, op, threshold, correction| Rule {
+            name: name.into(),
+            models: all(),
+            statistic,
+            features: all(),
+            role: RoleFilter::Any,
+            op,
+            threshold,
+            combine: Combine::Any,
+            correction,
+            min_samples,
+            for_evaluations: d.for_evaluations,
+            keep_firing_for: d.keep_firing_for,
+            severity: d.severity.clone(),
+            webhooks: Vec::new(),
+        };
+        if d.list.is_empty() {
+            return Ok(vec![
+                base(
+                    "psi",
+                    Statistic::Psi,
+                    Op::Gt,
+                    d.psi_threshold,
+                    Correction::None,
+                ),
+                base(
+                    "ks",
+                    Statistic::KsPvalue,
+                    Op::Lt,
+                    d.ks_pvalue_threshold,
+                    Correction::Bonferroni,
+                ),
+            ]);
+        }
+        let mut out: Vec<Rule> = Vec::new();
+        for r in &d.list {
+            crate::domain::validate_name(&r.name)
+                .map_err(|e| invalid("rules.list.name", format!("{:?}: {e}", r.name)))?;
+            if out.iter().any(|o| o.name == r.name) {
+                return Err(invalid(
+                    "rules.list.name",
+                    format!("duplicate rule name {:?}", r.name),
+                ));
+            }
+            if !r.threshold.is_finite() {
+                return Err(invalid(
+                    "rules.list.threshold",
+                    format!("rule {:?}: must be finite", r.name),
+                ));
+            }
+            if r.statistic.is_pvalue() && !(r.threshold > 0.0 && r.threshold <= 1.0) {
+                return Err(invalid(
+                    "rules.list.threshold",
+                    format!("rule {:?}: a p-value threshold must be in (0, 1]", r.name),
+                ));
+            }
+            if !r.statistic.is_pvalue() && r.correction != Correction::None {
+                return Err(invalid(
+                    "rules.list.correction",
+                    format!(
+                        "rule {:?}: corrections apply to p-value statistics only",
+                        r.name
+                    ),
+                ));
+            }
+            let combine = match (r.combine.as_str(), r.combine_value) {
+                ("any", None) => Combine::Any,
+                ("share", Some(x)) if x > 0.0 && x <= 1.0 => Combine::Share(x),
+                ("count", Some(k)) if k >= 1.0 && k.fract() == 0.0 && k <= f64::from(u32::MAX) => {
+                    Combine::Count(k as u32)
+                }
+                _ => {
+                    return Err(invalid(
+                        "rules.list.combine",
+                        format!(
+                            "rule {:?}: use combine = \"any\", or \"share\" with combine_value in (0, 1], or \"count\" with a whole combine_value >= 1",
+                            r.name
+                        ),
+                    ))
+                }
+            };
+            let for_evaluations = r.for_evaluations.unwrap_or(d.for_evaluations);
+            if for_evaluations == 0 {
+                return Err(invalid(
+                    "rules.list.for_evaluations",
+                    format!("rule {:?}: must be at least 1", r.name),
+                ));
+            }
+            if r.models.is_empty() || r.features.is_empty() {
+                return Err(invalid(
+                    "rules.list.features",
+                    format!("rule {:?}: models and features must not be empty", r.name),
+                ));
+            }
+            out.push(Rule {
+                name: r.name.clone(),
+                models: r.models.clone(),
+                statistic: r.statistic,
+                features: r.features.clone(),
+                role: r.role,
+                op: r.op.unwrap_or(if r.statistic.is_pvalue() {
+                    Op::Lt
+                } else {
+                    Op::Gt
+                }),
+                threshold: r.threshold,
+                combine,
+                correction: r.correction,
+                min_samples: r.min_samples.unwrap_or(min_samples),
+                for_evaluations,
+                keep_firing_for: r.keep_firing_for.unwrap_or(d.keep_firing_for),
+                severity: r.severity.clone().unwrap_or_else(|| d.severity.clone()),
+                webhooks: r.webhooks.clone(),
+            });
+        }
+        Ok(out)
+    }
+
+    fn validate_webhook(&self) -> Result<WebhookConfig, Error> {
+        use base64::Engine as _;
+        let w = &self.webhook;
+        let timeout = parse_duration("webhook.timeout", &w.timeout)?;
+        let max_age = parse_duration("webhook.max_age", &w.max_age)?;
+        let backoff_base = parse_duration("webhook.backoff_base", &w.backoff_base)?;
+        let backoff_cap = parse_duration("webhook.backoff_cap", &w.backoff_cap)?;
+        if backoff_base.is_zero() || backoff_cap < backoff_base {
+            return Err(invalid(
+                "webhook.backoff_cap",
+                "backoff_base must be > 0 and backoff_cap >= backoff_base",
+            ));
+        }
+        let check_url = |key: &'static str, url: &str| {
+            let ok = (url.starts_with("http://") || url.starts_with("https://"))
+                && reqwest::Url::parse(url).is_ok();
+            if ok {
+                Ok(())
+            } else {
+                Err(invalid(
+                    key,
+                    format!("{url:?} is not an absolute http:// or https:// URL"),
+                ))
+            }
+        };
+        let decode = |key: &'static str, s: &str| -> Result<Vec<u8>, Error> {
+            match s.strip_prefix("whsec_") {
+                Some(b64) => base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .map_err(|_| invalid(key, "a whsec_ secret must be followed by base64")),
+                None if s.is_empty() => Err(invalid(key, "a secret must not be empty")),
+                None => Ok(s.as_bytes().to_vec()),
+            }
+        };
+        let mut targets: Vec<Target> = Vec::new();
+        let shared: Vec<Vec<u8>> = w
+            .secrets
+            .iter()
+            .map(|s| decode("webhook.secrets", s))
+            .collect::<Result<_, _>>()?;
+        for (i, url) in w.urls.iter().enumerate() {
+            check_url("webhook.urls", url)?;
+            targets.push(Target {
+                name: format!("url{i}"),
+                url: url.clone(),
+                secrets: shared.clone(),
+                format: w.format,
+            });
+        }
+        for t in &w.targets {
+            crate::domain::validate_name(&t.name)
+                .map_err(|e| invalid("webhook.targets.name", format!("{:?}: {e}", t.name)))?;
+            if targets.iter().any(|o| o.name == t.name) {
+                return Err(invalid(
+                    "webhook.targets.name",
+                    format!("duplicate target name {:?}", t.name),
+                ));
+            }
+            check_url("webhook.targets.url", &t.url)?;
+            let mut secrets: Vec<Vec<u8>> = t
+                .secrets
+                .iter()
+                .map(|s| decode("webhook.targets.secrets", s))
+                .collect::<Result<_, _>>()?;
+            if let Some(path) = &t.secret_file {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    invalid(
+                        "webhook.targets.secret_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+                    secrets.push(decode("webhook.targets.secret_file", line)?);
+                }
+            }
+            targets.push(Target {
+                name: t.name.clone(),
+                url: t.url.clone(),
+                secrets,
+                format: t.format.unwrap_or_default(),
+            });
+        }
+        Ok(WebhookConfig {
+            timeout,
+            max_age,
+            backoff_base,
+            backoff_cap,
+            targets,
         })
     }
 
@@ -561,18 +1017,23 @@ mod tests {
         assert_eq!(c.engine.eval_interval, Duration::from_secs(10));
         assert_eq!(c.engine.min_samples, 500);
         assert_eq!(c.engine.psi_bins.get(), 10);
-        assert_eq!(c.engine.psi_threshold, 0.2);
-        assert_eq!(c.engine.for_evaluations, 3);
+        let names: Vec<&str> = c.engine.rules.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["psi", "ks"]);
+        assert_eq!(c.engine.rules[0].threshold, 0.2);
+        assert_eq!(c.engine.rules[0].for_evaluations, 3);
+        assert_eq!(c.engine.rules[1].threshold, 0.01);
+        assert_eq!(c.engine.rules[1].correction, Correction::Bonferroni);
+        assert_eq!(c.engine.rules[1].min_samples, 500);
         assert_eq!(c.log, "warn,driftd=info");
     }
 
     #[test]
     fn file_then_env_override_defaults() {
-        let f = file("[server]\ngrpc_addr = \"127.0.0.1:1234\"\n[rule]\npsi_threshold = 0.3\n");
+        let f = file("[server]\ngrpc_addr = \"127.0.0.1:1234\"\n[rules]\npsi_threshold = 0.3\n");
         let (_, c) = load(
             Some(f.path()),
             env(&[
-                ("DRIFTD_RULE__PSI_THRESHOLD", "0.5"),
+                ("DRIFTD_RULES__PSI_THRESHOLD", "0.5"),
                 ("DRIFTD_WEBHOOK__URLS", "http://a/x,http://b/y"),
                 ("DRIFTD_LOG", "debug"),
                 ("DRIFTD_REQUIRE_E2E", "1"),
@@ -580,8 +1041,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.grpc_addr.to_string(), "127.0.0.1:1234");
-        assert_eq!(c.engine.psi_threshold, 0.5);
-        assert_eq!(c.webhook.urls, vec!["http://a/x", "http://b/y"]);
+        assert_eq!(c.engine.rules[0].threshold, 0.5);
+        let urls: Vec<&str> = c.webhook.targets.iter().map(|t| t.url.as_str()).collect();
+        assert_eq!(urls, ["http://a/x", "http://b/y"]);
         assert_eq!(c.log, "debug");
     }
 
@@ -592,7 +1054,16 @@ mod tests {
             ("[server]\ngrpc_adr = \"127.0.0.1:1\"\n", "grpc_adr"),
             ("[evaluation]\ninterval = \"soon\"\n", "evaluation.interval"),
             ("[evaluation]\nmin_samples = \"many\"\n", "min_samples"),
-            ("[rule]\nfor_evaluations = 0\n", "rule.for_evaluations"),
+            ("[rules]\nfor_evaluations = 0\n", "rules.for_evaluations"),
+            (
+                "[[rules.list]]\nname = \"x\"\nstatistic = \"psi\"\nthreshold = 0.1\ncombine = \"share\"\n",
+                "rules.list.combine",
+            ),
+            (
+                "[[rules.list]]\nname = \"x\"\nstatistic = \"psi\"\nthreshold = 0.1\nwebhooks = [\"nope\"]\n",
+                "rules.list.webhooks",
+            ),
+            ("[[rules.list]]\nname = \"x\"\nstatistic = \"nope\"\nthreshold = 0.1\n", "statistic"),
             ("[webhook]\nurls = [\"ftp://x\"]\n", "webhook.urls"),
             (
                 "[evaluation]\npsi_epsilon = 0.0\n",

@@ -1,7 +1,7 @@
-//! Turns a reference and a window snapshot into per-feature statistics and
-//! verdicts, and tracks the drift rule's state across evaluations.
+//! Turns a reference and a window snapshot into per-feature statistics.
+//! Which of them count as drift is the business of `rules`.
 //!
-//! Pure and synchronous: time is an argument, nothing here logs, sleeps or
+//! Pure and synchronous: nothing here logs, sleeps, reads a clock or
 //! touches metrics.
 
 use serde::Serialize;
@@ -10,14 +10,11 @@ use crate::{
     config::EngineConfig,
     domain::{Kind, Role, Verdict},
     reference::{FeatureReference, RawFeature, Reference},
-    stats::{self, Chi2Result, KsResult},
+    stats::{self, Chi2Result, CvmResult, KsResult},
     window::{SampleData, Snapshot},
 };
 
-/// Name of the PSI rule, as used in webhooks and status.
-pub const PSI_RULE: &str = "psi_threshold";
-
-/// The evaluation of one feature.
+/// The statistics of one feature at one evaluation.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FeatureReport {
     /// Feature name.
@@ -33,30 +30,44 @@ pub struct FeatureReport {
     /// Non-missing values in the reference (0 when the reference lacks the
     /// feature).
     pub reference_samples: u64,
+    /// True when the window has at least `evaluation.min_samples` values and
+    /// the reference has the feature with the same kind: only then are the
+    /// statistics below computed.
+    pub sufficient: bool,
     /// PSI of window against reference.
     pub psi: Option<f64>,
     /// Two-sample KS (numeric).
     pub ks: Option<KsResult>,
     /// Chi-square on the 2 x k table (categorical).
     pub chi2: Option<Chi2Result>,
-    /// The feature's verdict under the PSI rule.
+    /// Jensen-Shannon distance over the PSI bins.
+    pub js: Option<f64>,
+    /// Hellinger distance over the PSI bins.
+    pub hellinger: Option<f64>,
+    /// Wasserstein-1 over the reference's standard deviation (numeric).
+    pub wasserstein_norm: Option<f64>,
+    /// Cramér-von Mises two-sample test (numeric).
+    pub cvm: Option<CvmResult>,
+    /// Window counts over the reference's PSI bins (numeric).
+    pub cur_bin_counts: Vec<u64>,
+    /// Sum of the window's values when `cur_bin_counts` is set, else 0
+    /// (the `_sum` of `driftd_window_values`).
+    pub cur_sum: f64,
+    /// Verdict under the rules, filled in by the engine after the rules ran:
+    /// drift when any rule's condition holds for this feature.
     pub verdict: Verdict,
 }
 
-/// The evaluation of a model version.
+/// The statistics of a model version at one evaluation.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
     /// Per feature, sorted by name.
     pub features: Vec<FeatureReport>,
-    /// Drift if any feature drifts; ok if at least one feature is ok;
-    /// otherwise insufficient_data.
-    pub verdict: Verdict,
 }
 
-/// Evaluates every feature of the window. Features that the reference lacks,
-/// or whose kind differs from it, are `insufficient_data`.
+/// Computes every applicable statistic for every feature of the window.
 pub fn evaluate(reference: Option<&Reference>, window: &Snapshot, cfg: &EngineConfig) -> Report {
-    let features: Vec<FeatureReport> = window
+    let features = window
         .features
         .iter()
         .map(|(name, sample)| {
@@ -67,185 +78,60 @@ pub fn evaluate(reference: Option<&Reference>, window: &Snapshot, cfg: &EngineCo
                 window_samples: sample.n(),
                 window_missing: sample.missing,
                 reference_samples: 0,
+                sufficient: false,
                 psi: None,
                 ks: None,
                 chi2: None,
+                js: None,
+                hellinger: None,
+                wasserstein_norm: None,
+                cvm: None,
+                cur_bin_counts: Vec::new(),
+                cur_sum: 0.0,
                 verdict: Verdict::InsufficientData,
             };
             let Some(fr) = reference.and_then(|r| r.features.get(name)) else {
                 return rep;
             };
             rep.reference_samples = fr.n();
-            if fr.kind() != sample.kind()
-                || rep.window_samples < cfg.min_samples as u64
-                || rep.window_samples == 0
-                || rep.reference_samples == 0
-            {
-                return rep;
+            rep.sufficient = fr.kind() == sample.kind()
+                && rep.window_samples >= (cfg.min_samples as u64).max(1)
+                && rep.reference_samples > 0;
+            if rep.sufficient {
+                compare(fr, &sample.data, cfg, &mut rep);
             }
-            compare(fr, &sample.data, cfg, &mut rep);
-            rep.verdict = match rep.psi {
-                Some(psi) if psi > cfg.psi_threshold => Verdict::Drift,
-                Some(_) => Verdict::Ok,
-                None => Verdict::InsufficientData,
-            };
             rep
         })
         .collect();
-    let verdict = if features.iter().any(|f| f.verdict == Verdict::Drift) {
-        Verdict::Drift
-    } else if features.iter().any(|f| f.verdict == Verdict::Ok) {
-        Verdict::Ok
-    } else {
-        Verdict::InsufficientData
-    };
-    Report { features, verdict }
+    Report { features }
+}
+
+fn finite(x: f64) -> Option<f64> {
+    x.is_finite().then_some(x)
 }
 
 fn compare(fr: &FeatureReference, data: &SampleData, cfg: &EngineConfig, rep: &mut FeatureReport) {
     match (&fr.raw, data) {
         (RawFeature::Numeric { sorted: r, .. }, SampleData::Numeric(c)) => {
-            let cur_counts = stats::bin_counts(&fr.edges, c);
-            rep.psi = Some(stats::psi(&fr.bin_counts, &cur_counts, cfg.psi_epsilon));
+            let cur = stats::bin_counts(&fr.edges, c);
+            rep.psi = finite(stats::psi(&fr.bin_counts, &cur, cfg.psi_epsilon));
+            rep.js = finite(stats::js_distance(&fr.bin_counts, &cur));
+            rep.hellinger = finite(stats::hellinger(&fr.bin_counts, &cur));
             rep.ks = stats::ks_2samp(r, c);
+            rep.wasserstein_norm = stats::wasserstein_norm(r, c).and_then(finite);
+            rep.cvm = stats::cvm_2samp(r, c);
+            rep.cur_bin_counts = cur;
+            rep.cur_sum = c.iter().sum();
         }
         (RawFeature::Categorical { counts: rc, .. }, SampleData::Categorical(cc)) => {
             // One bin per category of the sorted union of both samples.
-            let mut keys: Vec<&String> = rc.keys().chain(cc.keys()).collect();
-            keys.sort();
-            keys.dedup();
-            let r: Vec<u64> = keys
-                .iter()
-                .map(|k| rc.get(*k).copied().unwrap_or(0))
-                .collect();
-            let c: Vec<u64> = keys
-                .iter()
-                .map(|k| cc.get(*k).copied().unwrap_or(0))
-                .collect();
-            rep.psi = Some(stats::psi(&r, &c, cfg.psi_epsilon));
+            let (_, r, c) = stats::align_categories(rc, cc);
+            rep.psi = finite(stats::psi(&r, &c, cfg.psi_epsilon));
+            rep.js = finite(stats::js_distance(&r, &c));
+            rep.hellinger = finite(stats::hellinger(&r, &c));
             rep.chi2 = stats::chi2_contingency(&r, &c);
         }
         // Kind mismatches were filtered by the caller.
         _ => {}
-    }
-}
-
-/// Where a rule stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RuleState {
-    /// The condition does not hold.
-    Inactive,
-    /// The condition holds, for fewer than `for_evaluations` evaluations.
-    Pending,
-    /// The condition has held for `for_evaluations` evaluations.
-    Firing,
-}
-
-impl RuleState {
-    /// Stable name for JSON and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RuleState::Inactive => "inactive",
-            RuleState::Pending => "pending",
-            RuleState::Firing => "firing",
-        }
-    }
-}
-
-/// The persisted state of the PSI rule of one model version.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct RuleTracker {
-    /// Consecutive evaluations with verdict drift.
-    pub consecutive: u32,
-    /// When the rule started firing, in ms since the epoch.
-    pub firing_since_ms: Option<i64>,
-}
-
-/// What an evaluation changed about a rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transition {
-    /// Nothing worth telling anyone.
-    None,
-    /// The rule started firing.
-    Fired,
-    /// A firing rule stopped holding.
-    Resolved,
-}
-
-impl RuleTracker {
-    /// The rule's state.
-    pub fn state(&self) -> RuleState {
-        if self.firing_since_ms.is_some() {
-            RuleState::Firing
-        } else if self.consecutive > 0 {
-            RuleState::Pending
-        } else {
-            RuleState::Inactive
-        }
-    }
-
-    /// Feeds one evaluation's verdict. Drift advances the count and fires
-    /// after `for_evaluations`; ok resets it and resolves a firing rule;
-    /// insufficient data resets the count but does not resolve, because
-    /// missing evidence is not evidence that the drift is gone.
-    pub fn observe(&mut self, verdict: Verdict, now_ms: i64, for_evaluations: u32) -> Transition {
-        match verdict {
-            Verdict::Drift => {
-                self.consecutive = self.consecutive.saturating_add(1);
-                if self.firing_since_ms.is_none() && self.consecutive >= for_evaluations {
-                    self.firing_since_ms = Some(now_ms);
-                    return Transition::Fired;
-                }
-                Transition::None
-            }
-            Verdict::Ok => {
-                self.consecutive = 0;
-                if self.firing_since_ms.take().is_some() {
-                    return Transition::Resolved;
-                }
-                Transition::None
-            }
-            Verdict::InsufficientData => {
-                self.consecutive = 0;
-                Transition::None
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rule_fires_after_for_evaluations_and_resolves_once() {
-        let mut t = RuleTracker::default();
-        assert_eq!(t.observe(Verdict::Drift, 1, 3), Transition::None);
-        assert_eq!(t.state(), RuleState::Pending);
-        assert_eq!(t.observe(Verdict::Drift, 2, 3), Transition::None);
-        assert_eq!(t.observe(Verdict::Drift, 3, 3), Transition::Fired);
-        assert_eq!(t.state(), RuleState::Firing);
-        assert_eq!(t.firing_since_ms, Some(3));
-        assert_eq!(t.observe(Verdict::Drift, 4, 3), Transition::None);
-        assert_eq!(t.observe(Verdict::InsufficientData, 5, 3), Transition::None);
-        assert_eq!(t.state(), RuleState::Firing);
-        assert_eq!(t.observe(Verdict::Ok, 6, 3), Transition::Resolved);
-        assert_eq!(t.observe(Verdict::Ok, 7, 3), Transition::None);
-        assert_eq!(t.state(), RuleState::Inactive);
-    }
-
-    #[test]
-    fn interrupted_drift_does_not_fire() {
-        let mut t = RuleTracker::default();
-        for v in [
-            Verdict::Drift,
-            Verdict::Drift,
-            Verdict::Ok,
-            Verdict::Drift,
-            Verdict::Drift,
-        ] {
-            assert_eq!(t.observe(v, 0, 3), Transition::None);
-        }
     }
 }

@@ -23,10 +23,11 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     config::EngineConfig,
-    detector::{self, Report, RuleState, RuleTracker, Transition, PSI_RULE},
+    detector::{self, Report},
     domain::{Batch, Kind, ModelKey, Role, Verdict},
     metrics::Metrics,
     reference::{self, Reference},
+    rules::{self, Outcome, Tracker, Transition},
     store::{self, Store, StoredBatch, StoredReference},
     webhook,
     window::CountWindow,
@@ -131,7 +132,10 @@ struct VersionState {
     reference: Option<Arc<Reference>>,
     last_report: Option<Report>,
     last_eval_ms: Option<i64>,
-    rule: RuleTracker,
+    /// State of every rule, by rule name.
+    rules: BTreeMap<String, Tracker>,
+    /// Rule outcomes of the last evaluation.
+    last_outcomes: Vec<Outcome>,
 }
 
 /// The status of one model version, as the status RPC and JSON API show it.
@@ -194,13 +198,27 @@ pub struct FeatureStatus {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RuleStatus {
     /// Rule name.
-    pub name: &'static str,
+    pub name: String,
+    /// The rule's statistic.
+    pub statistic: &'static str,
+    /// Comparison operator.
+    pub op: &'static str,
+    /// The configured threshold.
+    pub threshold: f64,
+    /// Severity.
+    pub severity: String,
+    /// Verdict at the last evaluation.
+    pub verdict: Verdict,
     /// inactive, pending or firing.
-    pub state: RuleState,
+    pub state: rules::State,
     /// Consecutive evaluations in which the condition held.
     pub consecutive: u32,
     /// Since when it fires, ms since the epoch.
     pub firing_since_unix_ms: Option<i64>,
+    /// Features that tripped the rule at the last evaluation.
+    pub tripped_features: Vec<String>,
+    /// Largest value of the statistic at the last evaluation.
+    pub max_value: Option<f64>,
 }
 
 /// Restores state from `store` and starts the writer and evaluator tasks on
@@ -214,7 +232,7 @@ pub fn start(
     queue_capacity: usize,
     store: Store,
     metrics: Metrics,
-    webhooks: webhook::Sender,
+    webhooks: webhook::Outbox,
     tracker: &TaskTracker,
     cancel: CancellationToken,
 ) -> Result<Handle, store::Error> {
@@ -322,7 +340,7 @@ impl Reader {
         let out: Vec<VersionStatus> = state
             .iter()
             .filter(|(k, _)| k.model == model && version.is_none_or(|v| k.version == v))
-            .map(|(k, v)| v.status(k, &self.shared.window_name))
+            .map(|(k, v)| v.status(k, &self.shared.window_name, &self.shared.cfg.rules))
             .collect();
         (!out.is_empty()).then_some(out)
     }
@@ -356,7 +374,8 @@ impl VersionState {
             reference: None,
             last_report: None,
             last_eval_ms: None,
-            rule: RuleTracker::default(),
+            rules: BTreeMap::new(),
+            last_outcomes: Vec::new(),
         }
     }
 
@@ -370,7 +389,7 @@ impl VersionState {
                 cfg.psi_bins,
             ));
         }
-        v.rule = stored.rule.unwrap_or_default();
+        v.rules = stored.rules;
         for b in stored.batches {
             v.apply(&b.batch, cfg);
             v.records_ingested = b.cumulative_records;
@@ -427,7 +446,12 @@ impl VersionState {
         self.records_ingested += batch.n_rows as u64;
     }
 
-    fn status(&self, key: &ModelKey, window_name: &str) -> VersionStatus {
+    fn status(
+        &self,
+        key: &ModelKey,
+        window_name: &str,
+        cfg_rules: &[rules::Rule],
+    ) -> VersionStatus {
         let counts = self.window.counts();
         let reports: BTreeMap<&str, &detector::FeatureReport> = self
             .last_report
@@ -471,18 +495,32 @@ impl VersionState {
             window: window_name.to_string(),
             window_records: self.window.records(),
             last_evaluation_unix_ms: self.last_eval_ms,
-            verdict: self
-                .last_report
-                .as_ref()
-                .map(|r| r.verdict)
-                .unwrap_or(Verdict::InsufficientData),
+            verdict: combine_verdicts(&self.last_outcomes),
             features,
-            rules: vec![RuleStatus {
-                name: PSI_RULE,
-                state: self.rule.state(),
-                consecutive: self.rule.consecutive,
-                firing_since_unix_ms: self.rule.firing_since_ms,
-            }],
+            rules: cfg_rules
+                .iter()
+                .filter(|r| r.applies_to(&key.model))
+                .map(|r| {
+                    let t = self.rules.get(&r.name).copied().unwrap_or_default();
+                    let o = self.last_outcomes.iter().find(|o| o.rule == r.name);
+                    RuleStatus {
+                        name: r.name.clone(),
+                        statistic: r.statistic.as_str(),
+                        op: r.op.as_str(),
+                        threshold: r.threshold,
+                        severity: r.severity.clone(),
+                        verdict: o.map(|o| o.verdict).unwrap_or(Verdict::InsufficientData),
+                        state: t.state(),
+                        consecutive: t.consecutive,
+                        firing_since_unix_ms: t.firing_since_ms,
+                        tripped_features: o
+                            .map(|o| o.tripped().map(|v| v.feature.clone()).collect())
+                            .unwrap_or_default(),
+                        max_value: o
+                            .and_then(|o| o.values.iter().map(|v| v.value).reduce(f64::max)),
+                    }
+                })
+                .collect(),
         }
     }
 }
@@ -696,13 +734,25 @@ fn stored_reference(r: &Reference) -> StoredReference {
     }
 }
 
+/// drift if any rule's verdict is drift; ok if any is ok; otherwise
+/// insufficient_data.
+fn combine_verdicts(outcomes: &[Outcome]) -> Verdict {
+    if outcomes.iter().any(|o| o.verdict == Verdict::Drift) {
+        Verdict::Drift
+    } else if outcomes.iter().any(|o| o.verdict == Verdict::Ok) {
+        Verdict::Ok
+    } else {
+        Verdict::InsufficientData
+    }
+}
+
 // === evaluator ===
 
 async fn run_evaluator(
     shared: Arc<Shared>,
     store: Store,
     metrics: Metrics,
-    webhooks: webhook::Sender,
+    webhooks: webhook::Outbox,
     cancel: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(shared.cfg.eval_interval);
@@ -720,13 +770,13 @@ async fn run_evaluator(
     tracing::info!("Evaluator stopped");
 }
 
-/// Evaluates every model version once. Public within the crate so tests
-/// can drive evaluations without waiting for the clock.
+/// Evaluates every model version once: statistics off the lock, then rules,
+/// rule states, metrics and webhook events under it.
 async fn evaluate_all(
     shared: &Arc<Shared>,
     store: &Store,
     metrics: &Metrics,
-    webhooks: &webhook::Sender,
+    webhooks: &webhook::Outbox,
 ) {
     let started = Instant::now();
     let work: Vec<(ModelKey, Option<Arc<Reference>>, CountWindow)> = {
@@ -740,8 +790,26 @@ async fn evaluate_all(
     let reports = tokio::task::spawn_blocking(move || {
         work.into_iter()
             .map(|(k, r, w)| {
-                let report = detector::evaluate(r.as_deref(), &w.snapshot(), &cfg);
-                (k, report)
+                let mut report = detector::evaluate(r.as_deref(), &w.snapshot(), &cfg);
+                let outcomes: Vec<Outcome> = cfg
+                    .rules
+                    .iter()
+                    .filter(|rule| rule.applies_to(&k.model))
+                    .map(|rule| rule.evaluate(&report))
+                    .collect();
+                for f in &mut report.features {
+                    let tripped = outcomes
+                        .iter()
+                        .any(|o| o.tripped().any(|v| v.feature == f.name));
+                    f.verdict = if tripped {
+                        Verdict::Drift
+                    } else if f.sufficient {
+                        Verdict::Ok
+                    } else {
+                        Verdict::InsufficientData
+                    };
+                }
+                (k, report, outcomes)
             })
             .collect::<Vec<_>>()
     })
@@ -758,7 +826,7 @@ async fn evaluate_all(
     let mut rules_changed = false;
     {
         let mut state = lock(&shared.state);
-        for (key, report) in reports {
+        for (key, report, outcomes) in reports {
             let Some(v) = state.get_mut(&key) else {
                 continue;
             };
@@ -769,44 +837,74 @@ async fn evaluate_all(
                 &report,
                 v.reference.as_deref(),
             );
+            let verdict = combine_verdicts(&outcomes);
             metrics
                 .evaluations
-                .with_label_values(&[&key.model, &key.version, report.verdict.as_str()])
+                .with_label_values(&[&key.model, &key.version, verdict.as_str()])
                 .inc();
-            let before = v.rule;
-            let transition = v
-                .rule
-                .observe(report.verdict, now, shared.cfg.for_evaluations);
-            if v.rule != before {
-                rules_changed = true;
-                if let Err(error) = store.put_rule(&key, &v.rule) {
-                    metrics.store_errors.inc();
-                    tracing::error!(model = %key.model, error = %error, "Writing rule state failed");
+            for (rule, outcome) in shared
+                .cfg
+                .rules
+                .iter()
+                .filter(|r| r.applies_to(&key.model))
+                .zip(&outcomes)
+            {
+                let t = v.rules.entry(rule.name.clone()).or_default();
+                let before = *t;
+                let transition = t.observe(
+                    outcome.verdict,
+                    now,
+                    rule.for_evaluations,
+                    rule.keep_firing_for,
+                );
+                let after = *t;
+                if after != before {
+                    rules_changed = true;
+                    if let Err(error) = store.put_rule(&key, &rule.name, &after) {
+                        metrics.store_errors.inc();
+                        tracing::error!(model = %key.model, rule = %rule.name, error = %error, "Writing rule state failed");
+                    }
+                }
+                metrics
+                    .rule_firing
+                    .with_label_values(&[&key.model, &key.version, &rule.name])
+                    .set(i64::from(after.state() == rules::State::Firing));
+                if let Some(mut event) =
+                    make_event(&key, shared, rule, outcome, transition, before, after, now)
+                {
+                    for f in &mut event.features {
+                        f.window_samples = report
+                            .features
+                            .iter()
+                            .find(|r| r.name == f.feature)
+                            .map(|r| r.window_samples)
+                            .unwrap_or(0);
+                    }
+                    tracing::info!(model = %key.model, version = %key.version, rule = %rule.name, event = event.event.as_str(), "Rule state changed");
+                    events.push(event);
                 }
             }
-            metrics
-                .rule_firing
-                .with_label_values(&[&key.model, &key.version, PSI_RULE])
-                .set(i64::from(v.rule.state() == RuleState::Firing));
-            if let Some(event) = make_event(&key, shared, &report, transition, before, v.rule, now)
-            {
-                tracing::info!(model = %key.model, version = %key.version, rule = PSI_RULE, event = ?event.event, "Rule state changed");
-                events.push(event);
-            }
             v.last_report = Some(report);
+            v.last_outcomes = outcomes;
             v.last_eval_ms = Some(now);
         }
     }
-    // Persist rule transitions before telling anyone, so a restart does not
-    // fire the same transition again.
-    if rules_changed {
+    // Events enter the durable outbox together with the rule states that
+    // produced them, in one flush: a restart neither re-fires nor forgets.
+    for e in &events {
+        if let Err(error) = webhooks.enqueue(e) {
+            metrics.store_errors.inc();
+            tracing::error!(model = %e.model, rule = %e.rule, error = %error, "Queueing a webhook event failed");
+        }
+    }
+    if rules_changed || !events.is_empty() {
         if let Err(error) = store.flush().await {
             metrics.store_errors.inc();
             tracing::error!(error = %error, "Flushing rule state failed");
         }
     }
-    for e in events {
-        webhooks.send(e);
+    if !events.is_empty() {
+        webhooks.wake();
     }
     metrics
         .evaluation_duration
@@ -841,6 +939,20 @@ fn export(
                 .with_label_values(&labels[..3])
                 .set(rf.n() as i64);
         }
+        // Counts over the reference bins for the fleet-wide recording rules;
+        // without them (categorical, no reference) the bin series go away.
+        let rf = reference.and_then(|r| r.features.get(&f.name));
+        metrics.export_bins(
+            key,
+            &f.name,
+            window,
+            crate::metrics::BinCounts {
+                edges: rf.map_or(&[][..], |r| &r.edges),
+                reference: rf.map_or(&[][..], |r| &r.bin_counts),
+                window: &f.cur_bin_counts,
+                window_sum: f.cur_sum,
+            },
+        );
         // Statistics of an insufficient window are not exported at all:
         // a stale or NaN value must not keep an alert firing.
         metrics.clear_feature_stats(key, &f.name, window);
@@ -872,13 +984,15 @@ fn rfc3339(ms: i64) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
+#[allow(clippy::too_many_arguments)] // One call site; a struct would only rename the arguments.
 fn make_event(
     key: &ModelKey,
     shared: &Shared,
-    report: &Report,
+    rule: &rules::Rule,
+    outcome: &Outcome,
     transition: Transition,
-    before: RuleTracker,
-    after: RuleTracker,
+    before: Tracker,
+    after: Tracker,
     now: i64,
 ) -> Option<webhook::Event> {
     let (kind, started_ms) = match transition {
@@ -886,53 +1000,55 @@ fn make_event(
         Transition::Fired => (webhook::EventKind::Firing, after.firing_since_ms?),
         Transition::Resolved => (webhook::EventKind::Resolved, before.firing_since_ms?),
     };
-    let features: Vec<webhook::FeatureStats> = report
-        .features
+    let features: Vec<webhook::FeatureStats> = outcome
+        .values
         .iter()
-        .filter(|f| kind == webhook::EventKind::Resolved || f.verdict == Verdict::Drift)
-        .map(|f| webhook::FeatureStats {
-            feature: f.name.clone(),
-            psi: f.psi,
-            ks_statistic: f.ks.map(|k| k.statistic),
-            ks_pvalue: f.ks.map(|k| k.pvalue),
-            window_samples: f.window_samples,
+        .filter(|v| kind == webhook::EventKind::Resolved || v.tripped)
+        .map(|v| webhook::FeatureStats {
+            feature: v.feature.clone(),
+            value: v.value,
+            threshold: v.threshold,
+            window_samples: 0,
         })
         .collect();
-    let kind_str = match kind {
-        webhook::EventKind::Firing => "firing",
-        webhook::EventKind::Resolved => "resolved",
-    };
     let summary = match kind {
         webhook::EventKind::Firing => {
             let names: Vec<&str> = features.iter().map(|f| f.feature.as_str()).collect();
             format!(
-                "{key}: PSI above {} for {} evaluations on {}",
-                shared.cfg.psi_threshold,
-                shared.cfg.for_evaluations,
+                "{key}: {} {} {} for {} evaluations on {}",
+                rule.statistic.as_str(),
+                rule.op.as_str(),
+                rule.threshold,
+                rule.for_evaluations,
                 names.join(", ")
             )
         }
-        webhook::EventKind::Resolved => format!(
-            "{key}: PSI back at or below {} on every feature",
-            shared.cfg.psi_threshold
-        ),
+        webhook::EventKind::Resolved => format!("{key}: rule {} resolved", rule.name),
     };
     Some(webhook::Event {
         id: format!(
             "{}/{}/{}/{}/{}",
-            key.model, key.version, PSI_RULE, started_ms, kind_str
+            key.model,
+            key.version,
+            rule.name,
+            started_ms,
+            kind.as_str()
         ),
         event: kind,
         model: key.model.clone(),
         version: key.version.clone(),
-        rule: PSI_RULE.to_string(),
+        rule: rule.name.clone(),
+        statistic: rule.statistic.as_str().to_string(),
+        op: rule.op.as_str().to_string(),
+        threshold: rule.threshold,
+        severity: rule.severity.clone(),
+        verdict: outcome.verdict.as_str().to_string(),
         summary,
-        threshold: shared.cfg.psi_threshold,
-        for_evaluations: shared.cfg.for_evaluations,
         window: shared.window_name.clone(),
         features,
         started_at: rfc3339(started_ms),
         resolved_at: (kind == webhook::EventKind::Resolved).then(|| rfc3339(now)),
         timestamp: rfc3339(now),
+        targets: rule.webhooks.clone(),
     })
 }

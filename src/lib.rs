@@ -12,20 +12,23 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod compare;
+pub mod detector;
 pub mod domain;
+pub mod inference;
+pub mod reference;
+pub mod rules;
 pub mod stats;
 pub mod window;
-pub mod reference;
-pub mod detector;
 
-pub mod store;
 pub mod engine;
-pub mod webhook;
 pub mod metrics;
+pub mod store;
+pub mod webhook;
 
+pub mod app;
+pub mod config;
 pub mod proto;
 pub mod server;
-pub mod config;
-pub mod telemetry;
 pub mod shutdown;
-pub mod app;
+pub mod telemetry;

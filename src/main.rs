@@ -1,12 +1,17 @@
 //! The `driftd` binary: parses the command line, loads the configuration
 //! without binding anything, sets up logging, then runs the daemon or a
-//! subcommand. All logic lives in the library.
+//! subcommand. The offline `compare` subcommand runs before any of that: it
+//! reads no configuration and sets up no logging. All logic lives in the
+//! library.
 #![forbid(unsafe_code)]
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{io::Write, num::NonZeroUsize, path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand};
-use driftd::config::{self, LogFormat};
+use clap::{Parser, Subcommand, ValueEnum};
+use driftd::{
+    compare,
+    config::{self, LogFormat},
+};
 
 /// Exit status for an invalid configuration or command line (EX_USAGE).
 const EX_USAGE: u8 = 64;
@@ -32,10 +37,63 @@ enum Command {
     Run,
     /// Validate the configuration and print the effective configuration.
     CheckConfig,
+    /// Compare two CSV files column by column, offline, and print the drift
+    /// statistics and a verdict per column. Ignores the configuration.
+    Compare(CompareArgs),
+}
+
+/// Arguments of `driftd compare`; see the `driftd::compare` documentation.
+#[derive(clap::Args)]
+struct CompareArgs {
+    /// Reference CSV file (with a header row); its columns are compared.
+    #[arg(long, value_name = "REF.csv")]
+    reference: PathBuf,
+    /// Current CSV file (with a header row).
+    #[arg(long, value_name = "CUR.csv")]
+    current: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Json)]
+    format: Format,
+    /// Treat this column as categorical even if all its values are numbers
+    /// (repeatable).
+    #[arg(long, value_name = "COL")]
+    categorical: Vec<String>,
+    /// Number of reference quantile bins for numeric columns.
+    #[arg(long, value_name = "B", default_value_t = NonZeroUsize::new(driftd::stats::DEFAULT_BINS).unwrap_or(NonZeroUsize::MIN))]
+    bins: NonZeroUsize,
+    /// PSI's replacement for empty-bin proportions (finite, > 0).
+    #[arg(long, value_name = "E", default_value_t = driftd::stats::DEFAULT_EPSILON, value_parser = positive_finite)]
+    epsilon: f64,
+    /// Minimum non-missing values on each side for a verdict other than
+    /// insufficient_data.
+    #[arg(long, value_name = "N", default_value_t = compare::DEFAULT_MIN_SAMPLES)]
+    min_samples: usize,
+}
+
+/// Output formats of `driftd compare`.
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    /// `{"features": {"<column>": {...}}}`, pretty-printed.
+    Json,
+    /// An aligned table for people.
+    Table,
+}
+
+fn positive_finite(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
+        _ => Err(format!("{s:?} is not a finite number > 0")),
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // `compare` is offline: dispatch it before the configuration is loaded so
+    // that a broken daemon configuration cannot stop it.
+    let command = match cli.command {
+        Some(Command::Compare(args)) => return run_compare(args),
+        other => other,
+    };
     let (raw, mut config) = match config::load(cli.config.as_deref(), std::env::vars()) {
         Ok(c) => c,
         Err(error) => {
@@ -46,7 +104,7 @@ fn main() -> ExitCode {
     if let Some(format) = cli.log_format {
         config.log_format = format;
     }
-    match cli.command.unwrap_or(Command::Run) {
+    match command.unwrap_or(Command::Run) {
         Command::CheckConfig => match raw.to_toml() {
             Ok(text) => {
                 println!("# configuration is valid; effective values:\n{text}");
@@ -58,13 +116,63 @@ fn main() -> ExitCode {
             }
         },
         Command::Run => run(config),
+        // Dispatched above, before the configuration is loaded.
+        Command::Compare(args) => run_compare(args),
+    }
+}
+
+/// Runs `driftd compare`: the report on stdout, or `driftd compare:
+/// <message>` on stderr with the error's exit code.
+fn run_compare(args: CompareArgs) -> ExitCode {
+    let lib_args = compare::Args {
+        reference: args.reference,
+        current: args.current,
+        categorical: args.categorical,
+        bins: args.bins,
+        epsilon: args.epsilon,
+        min_samples: args.min_samples,
+    };
+    let report = match compare::run(&lib_args) {
+        Ok(r) => r,
+        Err(error) => {
+            let code = error.exit_code();
+            eprintln!("driftd compare: {:#}", anyhow::Error::from(error));
+            return ExitCode::from(code);
+        }
+    };
+    let text = match args.format {
+        Format::Table => compare::render_table(&report),
+        Format::Json => match serde_json::to_string_pretty(&report) {
+            Ok(mut json) => {
+                json.push('\n');
+                json
+            }
+            Err(error) => {
+                eprintln!("driftd compare: cannot encode the report: {error}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("driftd compare: cannot write the report: {error}");
+            ExitCode::FAILURE
+        }
     }
 }
 
 fn run(config: config::Config) -> ExitCode {
     driftd::telemetry::init(&config.log, config.log_format);
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "Starting driftd");
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(error) => {
             eprintln!("driftd: cannot start the async runtime: {error}");

@@ -3,9 +3,16 @@
 //! [`Metrics`] and update handles. Label values come only from validated
 //! names and from the closed sets defined here as enums.
 
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex, PoisonError},
+};
+
 use prometheus::{
-    core::Collector, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec,
-    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    core::{Collector, Desc},
+    proto::{self, LabelPair, MetricFamily, MetricType},
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::domain::ModelKey;
@@ -72,8 +79,12 @@ pub enum WebhookOutcome {
     Delivered,
     /// Non-2xx, timeout or connection error; retried if attempts remain.
     Failed,
-    /// All attempts failed; the event was given up.
+    /// The receiver answered a 4xx other than 410, 429: the event was given up.
     GaveUp,
+    /// The event grew older than `webhook.max_age` undelivered.
+    DeadLettered,
+    /// The receiver answered 410: the target was disabled with this event.
+    Disabled,
 }
 
 impl WebhookOutcome {
@@ -83,6 +94,70 @@ impl WebhookOutcome {
             WebhookOutcome::Delivered => "delivered",
             WebhookOutcome::Failed => "failed",
             WebhookOutcome::GaveUp => "gave_up",
+            WebhookOutcome::DeadLettered => "dead_lettered",
+            WebhookOutcome::Disabled => "disabled",
+        }
+    }
+}
+
+/// What happened to a KServe CloudEvent: the `outcome` label of
+/// `driftd_cloudevents_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloudEventOutcome {
+    /// Joined with its counterpart and ingested.
+    Joined,
+    /// Held, waiting for its counterpart.
+    Buffered,
+    /// Its counterpart never came within the TTL; ingested alone.
+    Expired,
+    /// The join buffer was full; ingested alone at once.
+    BufferFull,
+    /// Same ce-id and type as an event already held; ignored.
+    Duplicate,
+    /// Request and response disagree on the row count; ingested separately.
+    RowMismatch,
+    /// Missing headers, invalid JSON or inconsistent tensors (400).
+    Malformed,
+    /// A content type that is not JSON (415).
+    UnsupportedMediaType,
+    /// A body over `inference.max_body_bytes` (413).
+    TooLarge,
+    /// Too many ingests in flight (503).
+    Overloaded,
+    /// The engine refused the decoded batch (for example a kind mismatch).
+    IngestFailed,
+}
+
+impl CloudEventOutcome {
+    /// Every outcome, for pre-initialising the series.
+    pub const ALL: [CloudEventOutcome; 11] = [
+        CloudEventOutcome::Joined,
+        CloudEventOutcome::Buffered,
+        CloudEventOutcome::Expired,
+        CloudEventOutcome::BufferFull,
+        CloudEventOutcome::Duplicate,
+        CloudEventOutcome::RowMismatch,
+        CloudEventOutcome::Malformed,
+        CloudEventOutcome::UnsupportedMediaType,
+        CloudEventOutcome::TooLarge,
+        CloudEventOutcome::Overloaded,
+        CloudEventOutcome::IngestFailed,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloudEventOutcome::Joined => "joined",
+            CloudEventOutcome::Buffered => "buffered",
+            CloudEventOutcome::Expired => "expired",
+            CloudEventOutcome::BufferFull => "buffer_full",
+            CloudEventOutcome::Duplicate => "duplicate",
+            CloudEventOutcome::RowMismatch => "row_mismatch",
+            CloudEventOutcome::Malformed => "malformed",
+            CloudEventOutcome::UnsupportedMediaType => "unsupported_media_type",
+            CloudEventOutcome::TooLarge => "too_large",
+            CloudEventOutcome::Overloaded => "overloaded",
+            CloudEventOutcome::IngestFailed => "ingest_failed",
         }
     }
 }
@@ -135,6 +210,23 @@ pub struct Metrics {
     pub store_size: Gauge,
     /// `driftd_build_info`.
     pub build_info: IntGaugeVec,
+    /// `driftd_webhook_attempts_total`.
+    pub webhook_attempts: IntCounterVec,
+    /// `driftd_outbox_pending`.
+    pub outbox_pending: IntGauge,
+    /// `driftd_outbox_oldest_pending_timestamp_seconds`.
+    pub outbox_oldest_pending: Gauge,
+    /// `driftd_outbox_dead_lettered_total`.
+    pub outbox_dead_lettered: IntCounter,
+    /// `driftd_cloudevents_total`.
+    pub cloudevents: IntCounterVec,
+    /// `driftd_inference_join_pending`.
+    pub join_pending: IntGauge,
+    /// `driftd_window_values` (histogram over the reference bins),
+    /// `driftd_window_bin_samples`, `driftd_reference_bin_ratio` and
+    /// `driftd_reference_cumulative_ratio`: the inputs of the fleet-wide
+    /// recording rules. Updated through [`Metrics::export_bins`].
+    fleet_bins: FleetBins,
 }
 
 const FEATURE_LABELS: &[&str] = &["model", "version", "feature", "window"];
@@ -310,8 +402,72 @@ impl Metrics {
                 "Always 1; labels carry the driftd version",
                 &["version"],
             ),
+            webhook_attempts: counter_vec(
+                "webhook_attempts_total",
+                "Webhook delivery attempts, by target",
+                &["target"],
+            ),
+            outbox_pending: {
+                let g = IntGauge::new(
+                    "outbox_pending",
+                    "Webhook events waiting for delivery (per target)",
+                )
+                .expect("valid gauge");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("unique metric");
+                g
+            },
+            outbox_oldest_pending: {
+                let g = Gauge::new(
+                    "outbox_oldest_pending_timestamp_seconds",
+                    "Creation time of the oldest undelivered webhook event; 0 when none",
+                )
+                .expect("valid gauge");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("unique metric");
+                g
+            },
+            outbox_dead_lettered: {
+                let c = IntCounter::new(
+                    "outbox_dead_lettered_total",
+                    "Webhook events dropped undelivered after webhook.max_age",
+                )
+                .expect("valid counter");
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("unique metric");
+                c
+            },
+            cloudevents: counter_vec(
+                "cloudevents_total",
+                "KServe logger CloudEvents received, by outcome",
+                &["outcome"],
+            ),
+            join_pending: {
+                let g = IntGauge::new(
+                    "inference_join_pending",
+                    "Logged requests or responses waiting for their counterpart",
+                )
+                .expect("valid gauge");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("unique metric");
+                g
+            },
+            fleet_bins: {
+                let c = FleetBins::new();
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("unique metric");
+                c
+            },
             registry,
         };
+        for outcome in CloudEventOutcome::ALL {
+            m.cloudevents.with_label_values(&[outcome.as_str()]);
+        }
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
@@ -322,10 +478,29 @@ impl Metrics {
             WebhookOutcome::Delivered,
             WebhookOutcome::Failed,
             WebhookOutcome::GaveUp,
+            WebhookOutcome::DeadLettered,
+            WebhookOutcome::Disabled,
         ] {
             m.webhook_deliveries.with_label_values(&[outcome.as_str()]);
         }
         m
+    }
+
+    /// Counts a webhook delivery outcome.
+    pub fn webhook(&self, outcome: WebhookOutcome) {
+        self.webhook_deliveries
+            .with_label_values(&[outcome.as_str()])
+            .inc();
+        if outcome == WebhookOutcome::DeadLettered {
+            self.outbox_dead_lettered.inc();
+        }
+    }
+
+    /// Counts a CloudEvent outcome.
+    pub fn cloudevent(&self, outcome: CloudEventOutcome) {
+        self.cloudevents
+            .with_label_values(&[outcome.as_str()])
+            .inc();
     }
 
     /// Counts a rejected ingest request.
@@ -351,6 +526,42 @@ impl Metrics {
         }
     }
 
+    /// Exports one feature's window and reference counts over the
+    /// reference's PSI bins, replacing whatever was exported for it before
+    /// (a new reference brings new edges). Counts that cannot describe a
+    /// distribution (no bins, lengths that do not match the edges, an empty
+    /// reference) remove the feature's bin series instead.
+    pub fn export_bins(&self, key: &ModelKey, feature: &str, window: &str, bins: BinCounts<'_>) {
+        let id = (
+            key.model.clone(),
+            key.version.clone(),
+            feature.to_string(),
+            window.to_string(),
+        );
+        let n = bins.edges.len() + 1;
+        let valid = bins.reference.len() == n
+            && bins.window.len() == n
+            && bins.reference.iter().sum::<u64>() > 0;
+        let mut map = self
+            .fleet_bins
+            .bins
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if valid {
+            map.insert(
+                id,
+                Binned {
+                    edges: bins.edges.to_vec(),
+                    reference: bins.reference.to_vec(),
+                    window: bins.window.to_vec(),
+                    window_sum: bins.window_sum,
+                },
+            );
+        } else {
+            map.remove(&id);
+        }
+    }
+
     /// The text exposition (format 0.0.4) of every driftd metric plus the
     /// standard `process_*` metrics.
     pub fn encode(&self) -> String {
@@ -361,6 +572,189 @@ impl Metrics {
         // Encoding into a Vec cannot fail for well-formed families.
         let _ = TextEncoder::new().encode(&families, &mut buf);
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// One feature's counts over the reference's PSI bins, for
+/// [`Metrics::export_bins`]. Bin `i` holds the values `x` with
+/// `edges[i-1] < x <= edges[i]`; the last bin is open to +inf, so both count
+/// vectors have `edges.len() + 1` entries.
+#[derive(Debug, Clone, Copy)]
+pub struct BinCounts<'a> {
+    /// The reference's bin edges, ascending.
+    pub edges: &'a [f64],
+    /// Reference values per bin.
+    pub reference: &'a [u64],
+    /// Window values per bin.
+    pub window: &'a [u64],
+    /// Sum of the window's values (the histogram's `_sum`).
+    pub window_sum: f64,
+}
+
+/// What [`FleetBins`] exports for one (model, version, feature, window).
+#[derive(Debug, Clone)]
+struct Binned {
+    edges: Vec<f64>,
+    reference: Vec<u64>,
+    window: Vec<u64>,
+    window_sum: f64,
+}
+
+type BinKey = (String, String, String, String);
+
+/// The per-bin series of every numeric feature. A collector rather than
+/// metric vectors, because a new reference changes a feature's bin edges
+/// and with them the label sets of all its bin series at once; replacing
+/// one map entry cannot leave a stale bin behind.
+#[derive(Clone)]
+struct FleetBins {
+    bins: Arc<Mutex<BTreeMap<BinKey, Binned>>>,
+    descs: Vec<Desc>,
+}
+
+const WINDOW_VALUES: (&str, &str) = (
+    "window_values",
+    "Window values over the reference's PSI bins, cumulative (le = the bin's upper edge)",
+);
+const WINDOW_BIN_SAMPLES: (&str, &str) = (
+    "window_bin_samples",
+    "Window values in one reference PSI bin (bin = the bin's upper edge, as in le)",
+);
+const REFERENCE_BIN_RATIO: (&str, &str) = (
+    "reference_bin_ratio",
+    "Share of the reference's values in one PSI bin (bin = the bin's upper edge)",
+);
+const REFERENCE_CUMULATIVE_RATIO: (&str, &str) = (
+    "reference_cumulative_ratio",
+    "Share of the reference's values at or below the bin's upper edge (bin, as in le)",
+);
+
+impl FleetBins {
+    fn new() -> Self {
+        let labels = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let desc = |(name, help): (&str, &str), l: &[&str]| {
+            Desc::new(name.into(), help.into(), labels(l), Default::default())
+                .expect("valid descriptor")
+        };
+        Self {
+            bins: Arc::default(),
+            descs: vec![
+                desc(WINDOW_VALUES, FEATURE_LABELS),
+                desc(
+                    WINDOW_BIN_SAMPLES,
+                    &["model", "version", "feature", "window", "bin"],
+                ),
+                desc(REFERENCE_BIN_RATIO, &["model", "version", "feature", "bin"]),
+                desc(
+                    REFERENCE_CUMULATIVE_RATIO,
+                    &["model", "version", "feature", "bin"],
+                ),
+            ],
+        }
+    }
+}
+
+fn label(name: &str, value: &str) -> LabelPair {
+    let mut l = LabelPair::default();
+    l.set_name(name.into());
+    l.set_value(value.into());
+    l
+}
+
+fn family(
+    (name, help): (&str, &str),
+    kind: MetricType,
+    metrics: Vec<proto::Metric>,
+) -> MetricFamily {
+    let mut f = MetricFamily::default();
+    f.set_name(name.into());
+    f.set_help(help.into());
+    f.set_field_type(kind);
+    f.set_metric(metrics);
+    f
+}
+
+fn gauge(labels: Vec<LabelPair>, value: f64) -> proto::Metric {
+    let mut g = proto::Gauge::default();
+    g.set_value(value);
+    let mut m = proto::Metric::from_gauge(g);
+    m.set_label(labels);
+    m
+}
+
+/// The label value of bin `i`: its upper edge, formatted as the text
+/// encoder formats `le`, so a bin series matches its histogram bucket.
+fn bin_label(edges: &[f64], i: usize) -> String {
+    edges
+        .get(i)
+        .map_or_else(|| "+Inf".to_string(), |e| e.to_string())
+}
+
+impl Collector for FleetBins {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let map = self.bins.lock().unwrap_or_else(PoisonError::into_inner);
+        let (mut hist, mut win_bins) = (Vec::new(), Vec::new());
+        // The reference has no window label: one entry per model version and
+        // feature, whatever the number of windows.
+        let mut refs: BTreeMap<(&str, &str, &str), &Binned> = BTreeMap::new();
+        for ((model, version, feature, window), b) in map.iter() {
+            let base = [
+                label("feature", feature),
+                label("model", model),
+                label("version", version),
+                label("window", window),
+            ];
+            let mut h = proto::Histogram::default();
+            let mut cum = 0u64;
+            let mut buckets = Vec::with_capacity(b.edges.len());
+            for (edge, count) in b.edges.iter().zip(&b.window) {
+                cum += count;
+                let mut bucket = proto::Bucket::default();
+                bucket.set_upper_bound(*edge);
+                bucket.set_cumulative_count(cum);
+                buckets.push(bucket);
+            }
+            h.set_bucket(buckets);
+            h.set_sample_count(b.window.iter().sum());
+            h.set_sample_sum(b.window_sum);
+            let mut m = proto::Metric::from_label(base.to_vec());
+            m.set_histogram(h);
+            hist.push(m);
+            for (i, count) in b.window.iter().enumerate() {
+                let mut labels = vec![label("bin", &bin_label(&b.edges, i))];
+                labels.extend(base.iter().cloned());
+                win_bins.push(gauge(labels, *count as f64));
+            }
+            refs.insert((model.as_str(), version.as_str(), feature.as_str()), b);
+        }
+        let (mut ratio, mut cumulative) = (Vec::new(), Vec::new());
+        for ((model, version, feature), b) in refs {
+            let n: u64 = b.reference.iter().sum();
+            let mut cum = 0u64;
+            for (i, count) in b.reference.iter().enumerate() {
+                cum += count;
+                let labels = vec![
+                    label("bin", &bin_label(&b.edges, i)),
+                    label("feature", feature),
+                    label("model", model),
+                    label("version", version),
+                ];
+                // Same operation order as `stats::binned_ks`: integer
+                // cumulative sum, then one division. n > 0 (export_bins).
+                ratio.push(gauge(labels.clone(), *count as f64 / n as f64));
+                cumulative.push(gauge(labels, cum as f64 / n as f64));
+            }
+        }
+        vec![
+            family(WINDOW_VALUES, MetricType::HISTOGRAM, hist),
+            family(WINDOW_BIN_SAMPLES, MetricType::GAUGE, win_bins),
+            family(REFERENCE_BIN_RATIO, MetricType::GAUGE, ratio),
+            family(REFERENCE_CUMULATIVE_RATIO, MetricType::GAUGE, cumulative),
+        ]
     }
 }
 
@@ -388,5 +782,65 @@ mod tests {
                 "unprefixed sample: {line}"
             );
         }
+    }
+
+    #[test]
+    fn export_bins_writes_cumulative_buckets_per_bin_series_and_replaces_edges() {
+        let m = Metrics::new();
+        let key = ModelKey {
+            model: "fraud".into(),
+            version: "v1".into(),
+        };
+        let bins = BinCounts {
+            edges: &[1.5, 2.5],
+            reference: &[2, 1, 1],
+            window: &[0, 3, 1],
+            window_sum: 10.0,
+        };
+        m.export_bins(&key, "amount", "last_10", bins);
+        let text = m.encode();
+        let has = |line: &str| text.lines().any(|l| l == line);
+        let w = "feature=\"amount\",model=\"fraud\",version=\"v1\",window=\"last_10\"";
+        let r = "feature=\"amount\",model=\"fraud\",version=\"v1\"";
+        assert!(
+            text.contains("# TYPE driftd_window_values histogram"),
+            "{text}"
+        );
+        for line in [
+            format!("driftd_window_values_bucket{{{w},le=\"1.5\"}} 0"),
+            format!("driftd_window_values_bucket{{{w},le=\"2.5\"}} 3"),
+            format!("driftd_window_values_bucket{{{w},le=\"+Inf\"}} 4"),
+            format!("driftd_window_values_sum{{{w}}} 10"),
+            format!("driftd_window_values_count{{{w}}} 4"),
+            format!("driftd_window_bin_samples{{bin=\"1.5\",{w}}} 0"),
+            format!("driftd_window_bin_samples{{bin=\"2.5\",{w}}} 3"),
+            format!("driftd_window_bin_samples{{bin=\"+Inf\",{w}}} 1"),
+            format!("driftd_reference_bin_ratio{{bin=\"1.5\",{r}}} 0.5"),
+            format!("driftd_reference_bin_ratio{{bin=\"+Inf\",{r}}} 0.25"),
+            format!("driftd_reference_cumulative_ratio{{bin=\"2.5\",{r}}} 0.75"),
+            format!("driftd_reference_cumulative_ratio{{bin=\"+Inf\",{r}}} 1"),
+        ] {
+            assert!(has(&line), "missing {line}\n{text}");
+        }
+        // A new reference with other edges replaces every bin series.
+        let bins = BinCounts {
+            edges: &[2.0],
+            reference: &[1, 1],
+            window: &[2, 2],
+            window_sum: 9.0,
+        };
+        m.export_bins(&key, "amount", "last_10", bins);
+        let text = m.encode();
+        assert!(!text.contains("bin=\"1.5\""), "{text}");
+        assert!(text.contains("bin=\"2\""), "{text}");
+        // Counts that do not fit the edges remove the feature's series.
+        let bins = BinCounts {
+            edges: &[2.0],
+            reference: &[],
+            window: &[],
+            window_sum: 0.0,
+        };
+        m.export_bins(&key, "amount", "last_10", bins);
+        assert!(!m.encode().contains("driftd_window_values"));
     }
 }

@@ -16,14 +16,14 @@ use std::{
 
 use crate::{
     config::StoreConfig,
-    detector::RuleTracker,
     domain::{Batch, Column, ModelKey, Role, Values},
     reference::{RawFeature, Source},
+    rules::Tracker,
 };
 
 /// On-disk format version, checked at open. Bump it whenever an encoding or
 /// key layout below changes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 const SCHEMA_KEY: &[u8] = b"schema_version";
 
@@ -98,8 +98,8 @@ pub struct StoredVersion {
     pub batches: Vec<StoredBatch>,
     /// Its reference, once formed.
     pub reference: Option<StoredReference>,
-    /// Its rule state, once evaluated.
-    pub rule: Option<RuleTracker>,
+    /// Its rule states by rule name.
+    pub rules: BTreeMap<String, Tracker>,
 }
 
 /// The sled database and its trees.
@@ -110,6 +110,23 @@ pub struct Store {
     batches: sled::Tree,
     references: sled::Tree,
     rules: sled::Tree,
+    outbox: sled::Tree,
+    meta: sled::Tree,
+}
+
+/// One undelivered webhook event for one target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    /// The event id; the same on every attempt.
+    pub id: String,
+    /// When the event was created, ms since the epoch.
+    pub created_ms: i64,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// Earliest time of the next attempt, ms since the epoch.
+    pub next_attempt_ms: i64,
+    /// The request body, rendered for the target's format.
+    pub body: Vec<u8>,
 }
 
 impl Store {
@@ -149,6 +166,8 @@ impl Store {
             batches: db.open_tree("batches").map_err(open_err)?,
             references: db.open_tree("references").map_err(open_err)?,
             rules: db.open_tree("rules").map_err(open_err)?,
+            outbox: db.open_tree("outbox").map_err(open_err)?,
+            meta,
             db,
             path,
         })
@@ -210,13 +229,15 @@ impl Store {
             })
     }
 
-    /// Writes the rule state of `key`. Not durable until [`Store::flush`].
+    /// Writes the state of rule `rule` of `key`. Not durable until
+    /// [`Store::flush`].
     ///
     /// # Errors
     /// [`Error::Io`] when sled refuses the write.
-    pub fn put_rule(&self, key: &ModelKey, t: &RuleTracker) -> Result<(), Error> {
-        let mut w = Vec::with_capacity(16);
+    pub fn put_rule(&self, key: &ModelKey, rule: &str, t: &Tracker) -> Result<(), Error> {
+        let mut w = Vec::with_capacity(20);
         w.extend_from_slice(&t.consecutive.to_be_bytes());
+        w.extend_from_slice(&t.clear.to_be_bytes());
         match t.firing_since_ms {
             Some(ms) => {
                 w.push(1);
@@ -224,11 +245,115 @@ impl Store {
             }
             None => w.push(0),
         }
+        let mut k = version_prefix(key);
+        k.extend_from_slice(rule.as_bytes());
         self.rules
-            .insert(version_prefix(key), w)
+            .insert(k, w)
             .map(|_| ())
             .map_err(|source| Error::Io {
                 op: "write rule state",
+                source,
+            })
+    }
+
+    /// Adds or replaces an outbox entry of `target`. Not durable until
+    /// [`Store::flush`].
+    ///
+    /// # Errors
+    /// [`Error::Io`] when sled refuses the write.
+    pub fn outbox_put(&self, target: &str, e: &OutboxEntry) -> Result<(), Error> {
+        let mut w = Writer(Vec::with_capacity(32 + e.body.len()));
+        w.u64(e.created_ms as u64);
+        w.u32(e.attempts);
+        w.u64(e.next_attempt_ms as u64);
+        w.0.extend_from_slice(&e.body);
+        self.outbox
+            .insert(outbox_key(target, &e.id), w.0)
+            .map(|_| ())
+            .map_err(|source| Error::Io {
+                op: "write outbox",
+                source,
+            })
+    }
+
+    /// Removes an outbox entry.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when sled refuses the write.
+    pub fn outbox_delete(&self, target: &str, id: &str) -> Result<(), Error> {
+        self.outbox
+            .remove(outbox_key(target, id))
+            .map(|_| ())
+            .map_err(|source| Error::Io {
+                op: "delete outbox entry",
+                source,
+            })
+    }
+
+    /// Every outbox entry of `target`, or of every target when `None`, as
+    /// (target, entry).
+    ///
+    /// # Errors
+    /// [`Error::Io`] on a read failure, [`Error::Corrupt`] on an entry that
+    /// does not decode.
+    pub fn outbox_list(&self, target: Option<&str>) -> Result<Vec<(String, OutboxEntry)>, Error> {
+        let prefix = target.map(|t| outbox_key(t, "")).unwrap_or_default();
+        let mut out = Vec::new();
+        for item in self.outbox.scan_prefix(prefix) {
+            let (k, v) = item.map_err(|source| Error::Io {
+                op: "read outbox",
+                source,
+            })?;
+            let i = k
+                .iter()
+                .position(|&b| b == 0)
+                .ok_or(Error::Corrupt { tree: "outbox" })?;
+            let target =
+                std::str::from_utf8(&k[..i]).map_err(|_| Error::Corrupt { tree: "outbox" })?;
+            let id =
+                std::str::from_utf8(&k[i + 1..]).map_err(|_| Error::Corrupt { tree: "outbox" })?;
+            let mut r = Reader(&v);
+            let (Some(created), Some(attempts), Some(next)) = (r.u64(), r.u32(), r.u64()) else {
+                return Err(Error::Corrupt { tree: "outbox" });
+            };
+            out.push((
+                target.to_string(),
+                OutboxEntry {
+                    id: id.to_string(),
+                    created_ms: created as i64,
+                    attempts,
+                    next_attempt_ms: next as i64,
+                    body: r.0.to_vec(),
+                },
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Reads a small metadata value.
+    ///
+    /// # Errors
+    /// [`Error::Io`] on a read failure.
+    pub fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
+        self.meta
+            .get(format!("m/{key}"))
+            .map(|v| v.map(|v| v.to_vec()))
+            .map_err(|source| Error::Io {
+                op: "read meta",
+                source,
+            })
+    }
+
+    /// Writes a small metadata value. Not durable until [`Store::flush`].
+    ///
+    /// # Errors
+    /// [`Error::Io`] when sled refuses the write.
+    pub fn meta_put(&self, key: &str, value: &[u8]) -> Result<(), Error> {
+        self.meta
+            .insert(format!("m/{key}"), value)
+            .map(|_| ())
+            .map_err(|source| Error::Io {
+                op: "write meta",
                 source,
             })
     }
@@ -288,18 +413,26 @@ impl Store {
         }
         for item in self.rules.iter() {
             let (k, v) = item.map_err(io)?;
-            let (key, _) = decode_version_prefix(&k).ok_or(Error::Corrupt { tree: "rules" })?;
+            let (key, name) = decode_version_prefix(&k).ok_or(Error::Corrupt { tree: "rules" })?;
+            let name = std::str::from_utf8(name)
+                .map_err(|_| Error::Corrupt { tree: "rules" })?
+                .to_string();
             let mut r = Reader(&v);
             let consecutive = r.u32().ok_or(Error::Corrupt { tree: "rules" })?;
+            let clear = r.u32().ok_or(Error::Corrupt { tree: "rules" })?;
             let firing_since_ms = match r.u8() {
                 Some(1) => Some(r.i64().ok_or(Error::Corrupt { tree: "rules" })?),
                 Some(0) => None,
                 _ => return Err(Error::Corrupt { tree: "rules" }),
             };
-            version_entry(&mut versions, key).rule = Some(RuleTracker {
-                consecutive,
-                firing_since_ms,
-            });
+            version_entry(&mut versions, key).rules.insert(
+                name,
+                Tracker {
+                    consecutive,
+                    clear,
+                    firing_since_ms,
+                },
+            );
         }
         Ok(versions.into_values().collect())
     }
@@ -315,8 +448,16 @@ fn version_entry(
             key,
             batches: Vec::new(),
             reference: None,
-            rule: None,
+            rules: BTreeMap::new(),
         })
+}
+
+fn outbox_key(target: &str, id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(target.len() + id.len() + 1);
+    k.extend_from_slice(target.as_bytes());
+    k.push(0);
+    k.extend_from_slice(id.as_bytes());
+    k
 }
 
 fn version_prefix(key: &ModelKey) -> Vec<u8> {

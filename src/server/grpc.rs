@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::{
     domain::{self, Batch, Column, ModelKey, Role, Values, Verdict},
     engine::{self, Handle, IngestAck},
+    inference,
     metrics::{Metrics, RejectReason},
     proto as pb,
 };
@@ -191,6 +192,24 @@ impl pb::driftd_server::Driftd for Service {
         }))
     }
 
+    async fn mirror_inference(
+        &self,
+        request: Request<pb::MirrorInferenceRequest>,
+    ) -> Result<Response<pb::IngestResponse>, Status> {
+        let req = request.into_inner();
+        let batch = mirror_to_batch(req)
+            .map_err(|(reason, msg)| self.reject(reason, Status::invalid_argument(msg)))?;
+        let ack = self
+            .engine
+            .ingest(batch)
+            .await
+            .map_err(|e| self.engine_error(e, ""))?;
+        Ok(Response::new(pb::IngestResponse {
+            records: ack.records,
+            missing_values: ack.missing_values,
+        }))
+    }
+
     async fn get_status(
         &self,
         request: Request<pb::GetStatusRequest>,
@@ -324,6 +343,206 @@ fn batch_from_proto(batch: Option<pb::RecordBatch>) -> Result<Batch, Rejection> 
     })
 }
 
+/// One OIP tensor, request or response side, before decoding.
+struct RawTensor<'a> {
+    name: &'a str,
+    datatype: &'a str,
+    shape: &'a [i64],
+    contents: Option<&'a pb::inference::InferTensorContents>,
+}
+
+/// Decodes OIP tensors, typed or raw, into [`inference::Tensor`]s.
+fn oip_tensors(
+    tensors: Vec<RawTensor<'_>>,
+    raw: &[Vec<u8>],
+    field: &str,
+    raw_field: &str,
+) -> Result<Vec<inference::Tensor>, String> {
+    if !raw.is_empty() && raw.len() != tensors.len() {
+        return Err(format!(
+            "{raw_field}: has {} entries for {} tensors",
+            raw.len(),
+            tensors.len()
+        ));
+    }
+    tensors
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let data = if let Some(blob) = raw.get(i) {
+                inference::decode_raw(t.datatype, blob, &format!("{raw_field}[{i}]"))
+                    .map_err(|e| e.0)?
+            } else {
+                let c = t.contents.cloned().unwrap_or_default();
+                let num = |v: Vec<f64>| inference::Data::Numeric(v);
+                match t.datatype {
+                    "BOOL" => num(c
+                        .bool_contents
+                        .iter()
+                        .map(|&b| f64::from(u8::from(b)))
+                        .collect()),
+                    "INT8" | "INT16" | "INT32" => {
+                        num(c.int_contents.iter().map(|&x| f64::from(x)).collect())
+                    }
+                    "INT64" => num(c.int64_contents.iter().map(|&x| x as f64).collect()),
+                    "UINT8" | "UINT16" | "UINT32" => {
+                        num(c.uint_contents.iter().map(|&x| f64::from(x)).collect())
+                    }
+                    "UINT64" => num(c.uint64_contents.iter().map(|&x| x as f64).collect()),
+                    "FP32" => num(c.fp32_contents.iter().map(|&x| f64::from(x)).collect()),
+                    "FP64" => num(c.fp64_contents),
+                    "BYTES" => inference::Data::Bytes(
+                        c.bytes_contents
+                            .into_iter()
+                            .map(|b| {
+                                String::from_utf8(b).map_err(|_| {
+                                    format!("{field}[{i}].contents.bytes_contents: not valid UTF-8")
+                                })
+                            })
+                            .collect::<Result<_, _>>()?,
+                    ),
+                    other => {
+                        return Err(format!(
+                            "{field}[{i}].datatype: unsupported datatype {other:?}"
+                        ))
+                    }
+                }
+            };
+            Ok(inference::Tensor {
+                name: t.name.to_string(),
+                shape: t.shape.to_vec(),
+                data,
+            })
+        })
+        .collect()
+}
+
+/// Validates a mirrored OIP exchange and joins it into one batch.
+fn mirror_to_batch(req: pb::MirrorInferenceRequest) -> Result<Batch, Rejection> {
+    let bad = |m: String| (RejectReason::EmptyBatch, m);
+    if req.request.is_none() && req.response.is_none() {
+        return Err(bad("request/response: at least one must be set".into()));
+    }
+    let model = [
+        req.model.as_str(),
+        req.request
+            .as_ref()
+            .map(|r| r.model_name.as_str())
+            .unwrap_or(""),
+        req.response
+            .as_ref()
+            .map(|r| r.model_name.as_str())
+            .unwrap_or(""),
+    ]
+    .into_iter()
+    .find(|s| !s.is_empty())
+    .unwrap_or("")
+    .to_string();
+    domain::validate_name(&model).map_err(|e| {
+        (
+            RejectReason::InvalidName,
+            format!("model (or request.model_name): {e}"),
+        )
+    })?;
+    let version = [
+        req.version.as_str(),
+        req.request
+            .as_ref()
+            .map(|r| r.model_version.as_str())
+            .unwrap_or(""),
+        req.response
+            .as_ref()
+            .map(|r| r.model_version.as_str())
+            .unwrap_or(""),
+    ]
+    .into_iter()
+    .find(|s| !s.is_empty())
+    .unwrap_or(domain::DEFAULT_VERSION)
+    .to_string();
+    domain::validate_name(&version).map_err(|e| {
+        (
+            RejectReason::InvalidName,
+            format!("version (or request.model_version): {e}"),
+        )
+    })?;
+    let mut parts = Vec::new();
+    if let Some(r) = &req.request {
+        let tensors = r
+            .inputs
+            .iter()
+            .map(|t| RawTensor {
+                name: &t.name,
+                datatype: &t.datatype,
+                shape: &t.shape,
+                contents: t.contents.as_ref(),
+            })
+            .collect();
+        let t = oip_tensors(
+            tensors,
+            &r.raw_input_contents,
+            "request.inputs",
+            "request.raw_input_contents",
+        )
+        .map_err(bad)?;
+        parts.push(
+            inference::tensors_to_columns(t, Role::Input, None, "request.inputs")
+                .map_err(|e| bad(e.0))?,
+        );
+    }
+    if let Some(r) = &req.response {
+        let tensors = r
+            .outputs
+            .iter()
+            .map(|t| RawTensor {
+                name: &t.name,
+                datatype: &t.datatype,
+                shape: &t.shape,
+                contents: t.contents.as_ref(),
+            })
+            .collect();
+        let t = oip_tensors(
+            tensors,
+            &r.raw_output_contents,
+            "response.outputs",
+            "response.raw_output_contents",
+        )
+        .map_err(bad)?;
+        parts.push(
+            inference::tensors_to_columns(t, Role::Output, None, "response.outputs")
+                .map_err(|e| bad(e.0))?,
+        );
+    }
+    let n_rows = parts[0].n_rows;
+    if let Some(p) = parts.get(1) {
+        if p.n_rows != n_rows {
+            return Err((
+                RejectReason::UnequalLengths,
+                format!(
+                    "response.outputs: batch size {} differs from the request's {n_rows}",
+                    p.n_rows
+                ),
+            ));
+        }
+    }
+    if n_rows == 0 {
+        return Err(bad("request.inputs: batch size is 0".into()));
+    }
+    let mut columns: Vec<Column> = Vec::new();
+    for p in parts {
+        for mut c in p.columns {
+            if columns.iter().any(|o| o.name == c.name) {
+                c.name = inference::sanitize(&format!("{}_output", c.name));
+            }
+            columns.push(c);
+        }
+    }
+    Ok(Batch {
+        key: ModelKey { model, version },
+        columns,
+        n_rows,
+    })
+}
+
 fn verdict_to_proto(v: Verdict) -> i32 {
     match v {
         Verdict::Ok => pb::Verdict::Ok as i32,
@@ -333,7 +552,7 @@ fn verdict_to_proto(v: Verdict) -> i32 {
 }
 
 fn version_to_proto(v: engine::VersionStatus) -> pb::VersionStatus {
-    use crate::detector::RuleState;
+    use crate::rules::State as RuleState;
     pb::VersionStatus {
         model: v.model,
         version: v.version,
@@ -369,6 +588,11 @@ fn version_to_proto(v: engine::VersionStatus) -> pb::VersionStatus {
             .rules
             .into_iter()
             .map(|r| pb::RuleStatus {
+                verdict: verdict_to_proto(r.verdict),
+                statistic: r.statistic.to_string(),
+                threshold: r.threshold,
+                tripped_features: r.tripped_features,
+                severity: r.severity,
                 name: r.name.to_string(),
                 state: match r.state {
                     RuleState::Inactive => pb::RuleState::Inactive as i32,
@@ -379,5 +603,113 @@ fn version_to_proto(v: engine::VersionStatus) -> pb::VersionStatus {
                 firing_since_unix_ms: r.firing_since_unix_ms.unwrap_or(0),
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pb::inference::{
+        model_infer_request::InferInputTensor, InferTensorContents, ModelInferRequest,
+    };
+
+    fn mirror(inputs: Vec<InferInputTensor>, raw: Vec<Vec<u8>>) -> Batch {
+        mirror_to_batch(pb::MirrorInferenceRequest {
+            request: Some(ModelInferRequest {
+                model_name: "m".into(),
+                inputs,
+                raw_input_contents: raw,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    fn tensor(
+        name: &str,
+        datatype: &str,
+        shape: Vec<i64>,
+        contents: Option<InferTensorContents>,
+    ) -> InferInputTensor {
+        InferInputTensor {
+            name: name.into(),
+            datatype: datatype.into(),
+            shape,
+            contents,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn raw_fp32_and_int64_decode_to_the_typed_values() {
+        let fp32 = vec![0.5f32, -1.25, 3.0, 1e-3, 7.5, -0.0];
+        let int64 = vec![-3i64, 0, 1 << 53];
+        let typed = mirror(
+            vec![
+                tensor(
+                    "x",
+                    "FP32",
+                    vec![3, 2],
+                    Some(InferTensorContents {
+                        fp32_contents: fp32.clone(),
+                        ..Default::default()
+                    }),
+                ),
+                tensor(
+                    "n",
+                    "INT64",
+                    vec![3],
+                    Some(InferTensorContents {
+                        int64_contents: int64.clone(),
+                        ..Default::default()
+                    }),
+                ),
+            ],
+            vec![],
+        );
+        let raw = mirror(
+            vec![
+                tensor("x", "FP32", vec![3, 2], None),
+                tensor("n", "INT64", vec![3], None),
+            ],
+            vec![
+                fp32.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                int64.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ],
+        );
+        assert_eq!(typed, raw);
+        let names: Vec<&str> = typed.columns.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["x_0", "x_1", "n"]);
+        assert_eq!(
+            typed.columns[1].values,
+            Values::Numeric(vec![f64::from(-1.25f32), f64::from(1e-3f32), 0.0])
+        );
+        assert_eq!(
+            typed.columns[2].values,
+            Values::Numeric(vec![-3.0, 0.0, 9007199254740992.0])
+        );
+        assert_eq!(typed.key.version, "default");
+    }
+
+    #[test]
+    fn inconsistent_mirrors_are_rejected_naming_the_field() {
+        let err = mirror_to_batch(pb::MirrorInferenceRequest::default()).unwrap_err();
+        assert!(err.1.contains("request/response"), "{err:?}");
+        let err = mirror_to_batch(pb::MirrorInferenceRequest {
+            request: Some(ModelInferRequest {
+                model_name: "m".into(),
+                inputs: vec![tensor("x", "FP32", vec![2], None)],
+                raw_input_contents: vec![vec![0; 4]],
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(
+            err.1
+                .contains("request.inputs[0] (x): shape [2] needs 2 elements, data has 1"),
+            "{err:?}"
+        );
     }
 }

@@ -74,8 +74,9 @@ async fn everything_written_and_flushed_survives_reopen() {
             ),
         ]),
     };
-    let rule = RuleTracker {
+    let rule = Tracker {
         consecutive: 4,
+        clear: 2,
         firing_since_ms: Some(-5),
     };
     {
@@ -91,7 +92,31 @@ async fn everything_written_and_flushed_survives_reopen() {
         .unwrap();
         s.delete_batches_before(&a, 1).unwrap();
         s.put_reference(&a, &reference).unwrap();
-        s.put_rule(&a, &rule).unwrap();
+        s.put_rule(&a, "psi", &rule).unwrap();
+        s.put_rule(&a, "ks", &Tracker::default()).unwrap();
+        s.outbox_put(
+            "hook",
+            &OutboxEntry {
+                id: "e1".into(),
+                created_ms: 7,
+                attempts: 2,
+                next_attempt_ms: 9,
+                body: b"{}".to_vec(),
+            },
+        )
+        .unwrap();
+        s.outbox_put(
+            "hook2",
+            &OutboxEntry {
+                id: "e2".into(),
+                created_ms: 1,
+                attempts: 0,
+                next_attempt_ms: 1,
+                body: vec![],
+            },
+        )
+        .unwrap();
+        s.outbox_delete("hook2", "e2").unwrap();
         s.flush().await.unwrap();
     }
     let s = Store::open(&cfg(dir.path())).unwrap();
@@ -109,7 +134,14 @@ async fn everything_written_and_flushed_survives_reopen() {
     assert_eq!(xs[0], 2.0);
     assert!(xs[1].is_nan());
     assert_eq!(v.reference.as_ref(), Some(&reference));
-    assert_eq!(v.rule, Some(rule));
+    assert_eq!(v.rules.get("psi"), Some(&rule));
+    assert_eq!(v.rules.get("ks"), Some(&Tracker::default()));
+    let outbox = s.outbox_list(None).unwrap();
+    assert_eq!(outbox.len(), 1);
+    assert_eq!(outbox[0].0, "hook");
+    assert_eq!(outbox[0].1.attempts, 2);
+    assert_eq!(outbox[0].1.body, b"{}");
+    assert!(s.outbox_list(Some("hook2")).unwrap().is_empty());
     assert_eq!(loaded[1].key, a2);
     assert_eq!(loaded[1].batches.len(), 1);
 }

@@ -26,7 +26,7 @@ async fn shifted_feature_drifts_fires_webhook_and_state_survives_restart() {
     let overrides = [
         ("DRIFTD_WINDOW__SIZE", N.to_string()),
         ("DRIFTD_REFERENCE__WARMUP_SAMPLES", N.to_string()),
-        ("DRIFTD_RULE__FOR_EVALUATIONS", "2".to_string()),
+        ("DRIFTD_RULES__FOR_EVALUATIONS", "2".to_string()),
         ("DRIFTD_WEBHOOK__URLS", hook.url.clone()),
     ];
     let daemon = TestDaemon::start(test_config(dir.path(), &overrides)).await;
@@ -92,19 +92,31 @@ async fn shifted_feature_drifts_fires_webhook_and_state_survives_restart() {
     assert!(scrape.contains("driftd_evaluation_duration_seconds_count"));
 
     // The firing webhook, with the documented JSON.
-    wait_until("firing webhook", Duration::from_secs(15), || {
+    // Both default rules fire: PSI > 0.2 and KS p < 0.01 after Bonferroni.
+    wait_until("firing webhooks", Duration::from_secs(15), || {
         let h = hook.clone();
-        async move { !h.events("firing").is_empty() }
+        async move { h.events("firing").len() >= 2 }
     })
     .await;
     let firing = hook.events("firing");
-    assert_eq!(firing.len(), 1, "{firing:?}");
-    let e = &firing[0];
+    assert_eq!(firing.len(), 2, "{firing:?}");
+    let e = firing
+        .iter()
+        .find(|e| e["rule"] == "psi")
+        .expect("psi rule fired");
+    let ks = firing
+        .iter()
+        .find(|e| e["rule"] == "ks")
+        .expect("ks rule fired");
+    assert_eq!(ks["statistic"], "ks_pvalue");
+    assert_eq!(ks["features"][0]["feature"], "shifted");
+    assert!(ks["features"][0]["value"].as_f64().unwrap() < 0.01 / 3.0);
     assert_eq!(e["model"], "fraud");
     assert_eq!(e["version"], "v1");
-    assert_eq!(e["rule"], "psi_threshold");
+    assert_eq!(e["statistic"], "psi");
+    assert_eq!(e["op"], ">");
     assert_eq!(e["threshold"], 0.2);
-    assert_eq!(e["for_evaluations"], 2);
+    assert_eq!(e["verdict"], "drift");
     assert_eq!(e["window"], format!("last_{N}"));
     let features = e["features"].as_array().unwrap();
     assert_eq!(
@@ -113,8 +125,8 @@ async fn shifted_feature_drifts_fires_webhook_and_state_survives_restart() {
         "only the shifted feature tripped: {features:?}"
     );
     assert_eq!(features[0]["feature"], "shifted");
-    assert!(features[0]["psi"].as_f64().unwrap() > 0.2);
-    assert!(features[0]["ks_pvalue"].as_f64().is_some());
+    assert!(features[0]["value"].as_f64().unwrap() > 0.2);
+    assert_eq!(features[0]["threshold"], 0.2);
     assert_eq!(features[0]["window_samples"], N as u64);
     for field in ["id", "summary", "started_at", "timestamp"] {
         assert!(e[field].is_string(), "{field} missing in {e}");
@@ -141,7 +153,10 @@ async fn shifted_feature_drifts_fires_webhook_and_state_survives_restart() {
     assert_eq!(v.reference_records, N as u64);
     assert_eq!(v.reference_source, "warmup");
     assert_eq!(v.window_records, N as u64);
-    assert_eq!(v.rules[0].state, pb::RuleState::Firing as i32);
+    assert_eq!(v.rules.len(), 2);
+    for r in &v.rules {
+        assert_eq!(r.state, pb::RuleState::Firing as i32, "{}", r.name);
+    }
     let shifted = v.features.iter().find(|f| f.name == "shifted").unwrap();
     assert_eq!(shifted.window_samples, N as u64);
     assert_eq!(shifted.reference_samples, N as u64);
@@ -164,18 +179,19 @@ async fn shifted_feature_drifts_fires_webhook_and_state_survives_restart() {
             .await
             .expect("batch accepted");
     }
-    wait_until("resolved webhook", Duration::from_secs(15), || {
+    wait_until("resolved webhooks", Duration::from_secs(15), || {
         let h = hook.clone();
-        async move { !h.events("resolved").is_empty() }
+        async move { h.events("resolved").len() >= 2 }
     })
     .await;
     // Give a spurious duplicate the chance to arrive before counting.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(hook.events("firing").len(), 1, "restart must not re-fire");
+    assert_eq!(hook.events("firing").len(), 2, "restart must not re-fire");
     let resolved = hook.events("resolved");
-    assert_eq!(resolved.len(), 1);
-    assert_eq!(resolved[0]["started_at"], firing[0]["started_at"]);
-    assert!(resolved[0]["resolved_at"].is_string());
+    assert_eq!(resolved.len(), 2);
+    let r = resolved.iter().find(|r| r["rule"] == "psi").unwrap();
+    assert_eq!(r["started_at"], e["started_at"]);
+    assert!(r["resolved_at"].is_string());
 
     // The JSON status API agrees.
     let json: serde_json::Value = reqwest::get(daemon.url("/api/v1/models/fraud/status"))

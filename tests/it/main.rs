@@ -9,5 +9,17 @@ mod support;
 mod bad_input;
 /// The binary: configuration errors, check-config, SIGTERM.
 mod binary;
+/// `driftd compare` on CSV files: SciPy golden report, exit codes, table.
+mod compare;
+/// Deployment files: YAML parses, the ConfigMap's driftd.toml is valid,
+/// the dashboard is a dashboard model.
+mod deploy;
 /// Ingest over gRPC end to end: PSI on /metrics, webhooks, restart.
 mod end_to_end;
+/// KServe logger CloudEvents and Open Inference Protocol mirrors.
+mod kserve;
+/// A real Prometheus and promtool: lint of a scrape, alert and recording
+/// rules, fleet-wide PSI from three daemons, dashboard and manifest queries.
+mod prometheus_e2e;
+/// Durable webhook outbox against real receivers; Argo and Flagger gates.
+mod webhook;

@@ -2,6 +2,8 @@
 //! generators and bounded polling.
 #![allow(dead_code)]
 
+pub mod prom;
+
 use std::{
     future::Future,
     net::SocketAddr,
@@ -34,6 +36,68 @@ pub fn test_config(dir: &std::path::Path, extra: &[(&str, String)]) -> driftd::c
     driftd::config::load(None, env)
         .expect("valid test config")
         .1
+}
+
+/// Like [`test_config`], with a TOML file holding `toml` as well.
+pub fn test_config_with_file(
+    dir: &std::path::Path,
+    toml: &str,
+    extra: &[(&str, String)],
+) -> driftd::config::Config {
+    let file = dir.join("driftd-test.toml");
+    std::fs::write(&file, toml).unwrap();
+    let mut env: Vec<(String, String)> = vec![
+        (
+            "DRIFTD_STORE__PATH".into(),
+            dir.join("data").display().to_string(),
+        ),
+        ("DRIFTD_EVALUATION__INTERVAL".into(), "100ms".into()),
+        ("DRIFTD_SERVER__GRACE_PERIOD".into(), "10s".into()),
+    ];
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    driftd::config::load(Some(&file), env)
+        .expect("valid test config")
+        .1
+}
+
+/// The JSON status of `model` (all versions), or None while unknown.
+pub async fn status_json(d: &TestDaemon, model: &str) -> Option<serde_json::Value> {
+    let resp = reqwest::get(d.url(&format!("/api/v1/models/{model}/status")))
+        .await
+        .ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    resp.json().await.ok()
+}
+
+/// The status of one version, waiting until it has `records` records.
+pub async fn wait_records(
+    d: &TestDaemon,
+    model: &str,
+    version: &str,
+    records: u64,
+) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(s) = status_json(d, model).await {
+            if let Some(v) = s["versions"]
+                .as_array()
+                .and_then(|vs| vs.iter().find(|v| v["version"] == version))
+            {
+                if v["records_ingested"].as_u64() == Some(records) {
+                    return v.clone();
+                }
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!(
+                "timed out waiting for {model}@{version} to reach {records} records: {:?}",
+                status_json(d, model).await
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 impl TestDaemon {
