@@ -11,12 +11,12 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    config::Config,
+    config::{Config, OnCorruption, StoreConfig},
     engine,
     metrics::Metrics,
     proto,
     server::{admin, grpc, kserve},
-    store::Store,
+    store::{Store, StoredVersion},
     webhook,
 };
 
@@ -50,6 +50,32 @@ impl Listeners {
     }
 }
 
+/// Opens the store; an unreadable one is refused with a message naming the
+/// way out, or quarantined (renamed aside, counted) when configured so.
+fn open_store(cfg: &StoreConfig, metrics: &Metrics) -> anyhow::Result<(Store, Vec<StoredVersion>)> {
+    let path = cfg.path.display().to_string();
+    match Store::open_and_load(cfg) {
+        Ok(x) => Ok(x),
+        Err(error) if error.is_corruption() && cfg.on_corruption == OnCorruption::Quarantine => {
+            let secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let aside = format!("{path}.corrupt-{secs}");
+            std::fs::rename(&cfg.path, &aside)
+                .with_context(|| format!("quarantining the unreadable store {path} to {aside}"))?;
+            metrics.store_quarantined.inc();
+            tracing::error!(path = %path, moved_to = %aside, error = %error, "Store unreadable; moved aside, starting empty");
+            Store::open_and_load(cfg).with_context(|| format!("opening a fresh store at {path}"))
+        }
+        Err(error) if error.is_corruption() => Err(anyhow::Error::new(error).context(format!(
+            "the store at {path} is unreadable; move it aside (mv {path} {path}.corrupt) and restart, \
+             or set store.on_corruption = \"quarantine\" to do that automatically and start empty"
+        ))),
+        Err(error) => Err(anyhow::Error::new(error).context(format!("opening store at {path}"))),
+    }
+}
+
 /// Runs driftd until `shutdown` resolves, then drains: not ready, stop
 /// accepting, finish in-flight RPCs, let the engine empty its queue and
 /// flush the store, all within `config.grace_period`.
@@ -62,12 +88,12 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let store_cfg = config.store.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&store_cfg))
-        .await
-        .context("opening store")?
-        .with_context(|| format!("opening store at {}", config.store.path.display()))?;
     let metrics = Metrics::new();
+    let store_cfg = config.store.clone();
+    let m = metrics.clone();
+    let (store, loaded) = tokio::task::spawn_blocking(move || open_store(&store_cfg, &m))
+        .await
+        .context("opening store")??;
     let tracker = TaskTracker::new();
     let cancel = CancellationToken::new();
     let webhooks = webhook::Outbox::start(
@@ -82,6 +108,7 @@ pub async fn run(
         config.engine.clone(),
         config.queue_capacity,
         store.clone(),
+        loaded,
         metrics.clone(),
         webhooks,
         &tracker,

@@ -165,6 +165,20 @@ pub struct RawStore {
     pub cache_capacity_bytes: u64,
     /// sled background flush interval, in milliseconds.
     pub flush_every_ms: u64,
+    /// What to do when the store cannot be read: `refuse` to start (the
+    /// default) or `quarantine` it (move it aside and start empty).
+    pub on_corruption: OnCorruption,
+}
+
+/// What driftd does with a store it cannot read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnCorruption {
+    /// Exit with a message naming the directory and the way out.
+    #[default]
+    Refuse,
+    /// Rename the directory to `<path>.corrupt-<unix seconds>` and start empty.
+    Quarantine,
 }
 
 /// `[ingest]`.
@@ -378,6 +392,7 @@ impl Default for RawStore {
             path: PathBuf::from("./driftd-data"),
             cache_capacity_bytes: 64 * 1024 * 1024,
             flush_every_ms: 500,
+            on_corruption: OnCorruption::Refuse,
         }
     }
 }
@@ -499,6 +514,8 @@ pub struct StoreConfig {
     pub cache_capacity_bytes: u64,
     /// sled background flush interval, in milliseconds.
     pub flush_every_ms: u64,
+    /// Refuse or quarantine an unreadable store.
+    pub on_corruption: OnCorruption,
 }
 
 /// Validated settings of the evaluation core.
@@ -740,6 +757,7 @@ impl RawConfig {
                 path: self.store.path.clone(),
                 cache_capacity_bytes: self.store.cache_capacity_bytes,
                 flush_every_ms: self.store.flush_every_ms,
+                on_corruption: self.store.on_corruption,
             },
             queue_capacity: self.ingest.queue_capacity,
             max_reference_records: self.ingest.max_reference_records,

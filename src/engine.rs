@@ -227,10 +227,14 @@ pub struct RuleStatus {
 ///
 /// # Errors
 /// Fails when the stored state cannot be read.
+// Each argument is a distinct collaborator wired once by `app`; a struct
+// would only rename them.
+#[allow(clippy::too_many_arguments)]
 pub fn start(
     cfg: EngineConfig,
     queue_capacity: usize,
     store: Store,
+    loaded: Vec<store::StoredVersion>,
     metrics: Metrics,
     webhooks: webhook::Outbox,
     tracker: &TaskTracker,
@@ -238,7 +242,7 @@ pub fn start(
 ) -> Result<Handle, store::Error> {
     let window_name = format!("last_{}", cfg.window_size);
     let mut versions = BTreeMap::new();
-    for stored in store.load()? {
+    for stored in loaded {
         let key = stored.key.clone();
         let v = VersionState::restore(stored, &cfg);
         tracing::info!(model = %key.model, version = %key.version, n_records = v.records_ingested, "Restored model version");
@@ -869,6 +873,16 @@ async fn evaluate_all(
                     .rule_firing
                     .with_label_values(&[&key.model, &key.version, &rule.name])
                     .set(i64::from(after.state() == rules::State::Firing));
+                for st in [
+                    rules::State::Inactive,
+                    rules::State::Pending,
+                    rules::State::Firing,
+                ] {
+                    metrics
+                        .rule_state
+                        .with_label_values(&[&key.model, &key.version, &rule.name, st.as_str()])
+                        .set(i64::from(after.state() == st));
+                }
                 if let Some(mut event) =
                     make_event(&key, shared, rule, outcome, transition, before, after, now)
                 {

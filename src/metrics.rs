@@ -200,12 +200,16 @@ pub struct Metrics {
     pub evaluations: IntCounterVec,
     /// `driftd_rule_firing`.
     pub rule_firing: IntGaugeVec,
+    /// `driftd_rule_state`.
+    pub rule_state: IntGaugeVec,
     /// `driftd_webhook_deliveries_total`.
     pub webhook_deliveries: IntCounterVec,
     /// `driftd_store_flush_duration_seconds`.
     pub store_flush_duration: Histogram,
     /// `driftd_store_errors_total`.
     pub store_errors: IntCounter,
+    /// `driftd_store_quarantined_total`.
+    pub store_quarantined: IntCounter,
     /// `driftd_store_size_bytes`.
     pub store_size: Gauge,
     /// `driftd_build_info`.
@@ -366,6 +370,11 @@ impl Metrics {
                 "1 while the drift rule is firing for the model version, else 0",
                 &["model", "version", "rule"],
             ),
+            rule_state: int_gauge_vec(
+                "rule_state",
+                "1 for the rule's current state (inactive, pending, firing), 0 for the others",
+                &["model", "version", "rule", "state"],
+            ),
             webhook_deliveries: counter_vec(
                 "webhook_deliveries_total",
                 "Webhook delivery attempts, by outcome",
@@ -384,6 +393,17 @@ impl Metrics {
             store_errors: {
                 let c = IntCounter::new("store_errors_total", "Store operations that failed")
                     .expect("valid counter");
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("unique metric");
+                c
+            },
+            store_quarantined: {
+                let c = IntCounter::new(
+                    "store_quarantined_total",
+                    "Unreadable stores moved aside at start-up (store.on_corruption = quarantine)",
+                )
+                .expect("valid counter");
                 registry
                     .register(Box::new(c.clone()))
                     .expect("unique metric");

@@ -65,6 +65,35 @@ pub enum Error {
         /// The tree holding it.
         tree: &'static str,
     },
+    /// sled panicked while opening or reading the store, which it does on
+    /// some kinds of corrupt files.
+    #[error("the store at {path} could not be read (sled panicked: {message})")]
+    Panicked {
+        /// The data directory.
+        path: PathBuf,
+        /// The panic message.
+        message: String,
+    },
+}
+
+impl Error {
+    /// True when the data on disk is unreadable, as opposed to locked by
+    /// another process, written by another schema version or an I/O failure
+    /// of the moment. Only these are worth quarantining.
+    pub fn is_corruption(&self) -> bool {
+        match self {
+            Error::Corrupt { .. } | Error::Panicked { .. } => true,
+            // At open, anything but an OS error (a lock held by another
+            // process, a permission) means sled could not make sense of the
+            // files: a damaged `conf` surfaces as `Unsupported`.
+            Error::Open { source, .. } => !matches!(source, sled::Error::Io(_)),
+            Error::Io { source, .. } => matches!(
+                source,
+                sled::Error::Corruption { .. } | sled::Error::ReportableBug(_)
+            ),
+            Error::Schema { .. } => false,
+        }
+    }
 }
 
 /// One stored batch of the batch log.
@@ -171,6 +200,31 @@ impl Store {
             db,
             path,
         })
+    }
+
+    /// Opens the store and reads everything back, turning a panic inside
+    /// sled (which some corrupt files cause) into [`Error::Panicked`].
+    ///
+    /// # Errors
+    /// As [`Store::open`] and [`Store::load`].
+    pub fn open_and_load(cfg: &StoreConfig) -> Result<(Self, Vec<StoredVersion>), Error> {
+        let cfg2 = cfg.clone();
+        let res = std::panic::catch_unwind(move || -> Result<_, Error> {
+            let store = Self::open(&cfg2)?;
+            let loaded = store.load()?;
+            Ok((store, loaded))
+        });
+        match res {
+            Ok(r) => r,
+            Err(panic) => Err(Error::Panicked {
+                path: cfg.path.clone(),
+                message: panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "unknown panic".into()),
+            }),
+        }
     }
 
     /// The data directory.

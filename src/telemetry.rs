@@ -11,7 +11,12 @@ use crate::config::LogFormat;
 /// (tests that start several daemons) keep the first subscriber.
 pub fn init(filter: &str, format: LogFormat) {
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("warn,driftd=info"));
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour codes only for a terminal; journald and log collectors get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     // Ignoring the error is deliberate: it only says a subscriber is already set.
     let _ = match format {
         LogFormat::Plain => builder.try_init(),

@@ -534,6 +534,16 @@ mod tests {
     }
 
     #[test]
+    fn every_secret_signs_during_rotation() {
+        let sig = sign(&[b"old".to_vec(), b"new".to_vec()], "id", 1, b"{}");
+        let parts: Vec<&str> = sig.split(' ').collect();
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[0], sign(&[b"old".to_vec()], "id", 1, b"{}"));
+        assert_eq!(parts[1], sign(&[b"new".to_vec()], "id", 1, b"{}"));
+        assert_ne!(parts[0], parts[1]);
+    }
+
+    #[test]
     fn retry_after_reads_seconds_and_http_dates() {
         assert_eq!(retry_after("7"), Some(Duration::from_secs(7)));
         assert_eq!(

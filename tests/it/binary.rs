@@ -81,7 +81,7 @@ fn spawn_daemon(data: &std::path::Path) -> (std::process::Child, String, String)
     spawn_daemon_with(data, &[])
 }
 
-fn spawn_daemon_with(
+pub(crate) fn spawn_daemon_with(
     data: &std::path::Path,
     env: &[(&str, &str)],
 ) -> (std::process::Child, String, String) {
@@ -123,7 +123,7 @@ fn spawn_daemon_with(
     (child, grpc.unwrap(), http.unwrap())
 }
 
-fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<i32> {
+pub(crate) fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<i32> {
     let deadline = std::time::Instant::now() + limit;
     loop {
         if let Some(status) = child.try_wait().unwrap() {

@@ -117,6 +117,13 @@ async fn shifted_feature_drifts_fires_webhook_and_state_survives_restart() {
     assert_eq!(e["op"], ">");
     assert_eq!(e["threshold"], 0.2);
     assert_eq!(e["verdict"], "drift");
+    let scrape = daemon.scrape().await;
+    for rule in ["psi", "ks"] {
+        let labels = [("model", "fraud"), ("rule", rule)];
+        assert_eq!(sample(&scrape, "driftd_rule_firing", &labels), Some(1.0));
+        let firing = [("model", "fraud"), ("rule", rule), ("state", "firing")];
+        assert_eq!(sample(&scrape, "driftd_rule_state", &firing), Some(1.0));
+    }
     assert_eq!(e["window"], format!("last_{N}"));
     let features = e["features"].as_array().unwrap();
     assert_eq!(

@@ -16,10 +16,14 @@ mod compare;
 mod deploy;
 /// Ingest over gRPC end to end: PSI on /metrics, webhooks, restart.
 mod end_to_end;
+/// Health, reflection, SetReference and group commit over gRPC.
+mod grpc_api;
 /// KServe logger CloudEvents and Open Inference Protocol mirrors.
 mod kserve;
 /// A real Prometheus and promtool: lint of a scrape, alert and recording
 /// rules, fleet-wide PSI from three daemons, dashboard and manifest queries.
 mod prometheus_e2e;
+/// Unreadable stores: refused or quarantined.
+mod store;
 /// Durable webhook outbox against real receivers; Argo and Flagger gates.
 mod webhook;

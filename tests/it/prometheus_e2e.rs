@@ -296,6 +296,10 @@ async fn fleet_psi_from_prometheus_equals_offline_psi_of_the_union() {
                     .unwrap(),
             );
             if n == Some(total as f64) {
+                // The rule group writes its series one after the other; let
+                // two more evaluations pass so PSI and KS come from an
+                // evaluation that saw every replica (the data is static).
+                tokio::time::sleep(Duration::from_millis(2500)).await;
                 got = (
                     first_value(
                         &prom

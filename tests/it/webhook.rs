@@ -35,7 +35,7 @@ enum Mode {
 struct Receiver {
     url: String,
     mode: Arc<Mutex<Mode>>,
-    got: Arc<Mutex<Vec<(HeaderMap, Bytes)>>>,
+    got: Arc<Mutex<Vec<(HeaderMap, Bytes, std::time::Instant)>>>,
 }
 
 impl Receiver {
@@ -55,7 +55,7 @@ impl Receiver {
                 async move {
                     let n = {
                         let mut g = rr.got.lock().unwrap();
-                        g.push((headers, body));
+                        g.push((headers, body, std::time::Instant::now()));
                         g.len()
                     };
                     let mode = *rr.mode.lock().unwrap();
@@ -68,7 +68,14 @@ impl Receiver {
                             200
                         }
                     };
-                    StatusCode::from_u16(code).unwrap()
+                    let mut resp = axum::response::IntoResponse::into_response(
+                        StatusCode::from_u16(code).unwrap(),
+                    );
+                    if code == 429 {
+                        resp.headers_mut()
+                            .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+                    }
+                    resp
                 }
             }),
         );
@@ -81,14 +88,14 @@ impl Receiver {
             .lock()
             .unwrap()
             .iter()
-            .map(|(h, b)| (h.clone(), serde_json::from_slice(b).unwrap_or(Value::Null)))
+            .map(|(h, b, _)| (h.clone(), serde_json::from_slice(b).unwrap_or(Value::Null)))
             .collect()
     }
 
     /// Verifies the Standard Webhooks signature with an independent HMAC.
     fn signature_ok(&self, i: usize) -> bool {
         let g = self.got.lock().unwrap();
-        let (h, body) = &g[i];
+        let (h, body, _) = &g[i];
         let id = h["webhook-id"].to_str().unwrap();
         let ts = h["webhook-timestamp"].to_str().unwrap();
         let key = base64::engine::general_purpose::STANDARD
@@ -391,4 +398,155 @@ async fn argo_and_flagger_gates_answer_for_ok_drift_and_insufficient_data() {
         .unwrap();
     assert_eq!(r.status(), 400);
     d.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_is_honoured_4xx_gives_up_and_old_events_are_dead_lettered() {
+    let dir = tempfile::tempdir().unwrap();
+    // 429 with Retry-After: 1 for the first attempt, then accepted.
+    let busy = Receiver::start(Mode::FailFirst(1, 429)).await;
+    let bad = Receiver::start(Mode::Always(400)).await;
+    let down = Receiver::start(Mode::Always(500)).await;
+    let targets = target("busy", &busy.url, "")
+        + &target("bad", &bad.url, "")
+        + &target("down", &down.url, "");
+    let mut cfg = config(dir.path(), &targets);
+    cfg.webhook.max_age = Duration::from_millis(700);
+    let d = TestDaemon::start(cfg).await;
+    drift(&d, "m").await;
+
+    // Retry-After: 1 overrides the 50-200 ms backoff (the cap is 200 ms,
+    // which also caps Retry-After): the second attempt comes no sooner than
+    // the cap.
+    until("busy receiver accepted", 10, || busy.attempts().len() >= 2).await;
+    let a = busy.attempts();
+    assert_eq!(a[0].0["webhook-id"], a[1].0["webhook-id"]);
+    let gap = {
+        let g = busy.got.lock().unwrap();
+        g[1].2 - g[0].2
+    };
+    // Without Retry-After the first retry would come within 50 ms.
+    assert!(
+        gap >= Duration::from_millis(190),
+        "retry came after {gap:?}"
+    );
+
+    until("400 seen", 10, || !bad.attempts().is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(bad.attempts().len(), 1, "a 4xx gives the event up");
+
+    wait_until("dead letter", Duration::from_secs(10), || {
+        let d = &d;
+        async move { sample(&d.scrape().await, "driftd_outbox_dead_lettered_total", &[]) == Some(1.0) }
+    })
+    .await;
+    let scrape = d.scrape().await;
+    assert_eq!(
+        sample(
+            &scrape,
+            "driftd_webhook_deliveries_total",
+            &[("outcome", "gave_up")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &scrape,
+            "driftd_webhook_deliveries_total",
+            &[("outcome", "dead_lettered")]
+        ),
+        Some(1.0)
+    );
+    assert!(down.attempts().len() >= 2, "retried until dead-lettered");
+    assert_eq!(sample(&scrape, "driftd_outbox_pending", &[]), Some(0.0));
+    d.stop().await.unwrap();
+}
+
+/// The daemon binary is SIGKILLed while the receiver is down; after a
+/// restart on the same directory the events still arrive, with the ids they
+/// had before the kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_survive_a_kill_9_while_the_receiver_is_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let recv = Receiver::start(Mode::Always(503)).await;
+    let env = [
+        ("DRIFTD_WEBHOOK__URLS", recv.url.as_str()),
+        ("DRIFTD_WEBHOOK__BACKOFF_BASE", "50ms"),
+        ("DRIFTD_WEBHOOK__BACKOFF_CAP", "200ms"),
+        ("DRIFTD_EVALUATION__INTERVAL", "100ms"),
+        ("DRIFTD_EVALUATION__MIN_SAMPLES", "200"),
+        ("DRIFTD_REFERENCE__WARMUP_SAMPLES", "500"),
+        ("DRIFTD_WINDOW__SIZE", "500"),
+        ("DRIFTD_RULES__FOR_EVALUATIONS", "1"),
+    ];
+    let (mut child, grpc, _) = crate::binary::spawn_daemon_with(dir.path(), &env);
+    let mut client = driftd::proto::driftd_client::DriftdClient::connect(format!("http://{grpc}"))
+        .await
+        .unwrap();
+    let mut g = rng(11);
+    for shift in [0.0, 3.0] {
+        client
+            .ingest_batch(batch(
+                "m",
+                "v",
+                vec![numeric(
+                    "x",
+                    ColumnRole::Input,
+                    normal(&mut g, 500, shift, 1.0),
+                )],
+            ))
+            .await
+            .unwrap();
+    }
+    // Both default rules fire; wait until both events were attempted.
+    until("attempts of both events", 15, || {
+        let ids: std::collections::BTreeSet<String> = recv
+            .attempts()
+            .iter()
+            .map(|(h, _)| h["webhook-id"].to_str().unwrap().to_string())
+            .collect();
+        ids.len() == 2
+    })
+    .await;
+    let before: std::collections::BTreeSet<String> = recv
+        .attempts()
+        .iter()
+        .map(|(h, _)| h["webhook-id"].to_str().unwrap().to_string())
+        .collect();
+    let kill = std::process::Command::new("kill")
+        .args(["-KILL", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let _ = tokio::task::spawn_blocking(move || {
+        crate::binary::wait_exit(&mut child, Duration::from_secs(10))
+    })
+    .await
+    .unwrap();
+
+    *recv.mode.lock().unwrap() = Mode::Always(200);
+    let n = recv.attempts().len();
+    let (mut child, _, http) = crate::binary::spawn_daemon_with(dir.path(), &env);
+    until("deliveries after the restart", 15, || {
+        let after: std::collections::BTreeSet<String> = recv.attempts()[n..]
+            .iter()
+            .map(|(h, _)| h["webhook-id"].to_str().unwrap().to_string())
+            .collect();
+        after == before
+    })
+    .await;
+    let scrape = reqwest::get(format!("http://{http}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let delivered = sample(
+        &scrape,
+        "driftd_webhook_deliveries_total",
+        &[("outcome", "delivered")],
+    );
+    assert_eq!(delivered, Some(2.0));
+    let _ = child.kill();
+    let _ = child.wait();
 }
