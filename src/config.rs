@@ -35,6 +35,7 @@ const SECTIONS: &[&str] = &[
     "rules",
     "webhook",
     "inference",
+    "metrics",
 ];
 const TOP_LEVEL_KEYS: &[&str] = &["log", "log_format"];
 
@@ -92,6 +93,26 @@ pub struct RawConfig {
     pub webhook: RawWebhook,
     /// KServe CloudEvents and Open Inference Protocol ingest.
     pub inference: RawInference,
+    /// Metric cardinality.
+    pub metrics: RawMetrics,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawMetrics {
+    /// Series budget per model version, in features: features beyond it (in
+    /// name order) get no per-feature series, and are counted in
+    /// `driftd_series_dropped_total`.
+    pub max_features_per_model: usize,
+}
+
+impl Default for RawMetrics {
+    fn default() -> Self {
+        Self {
+            max_features_per_model: 200,
+        }
+    }
 }
 
 /// `[inference]`.
@@ -371,6 +392,7 @@ impl Default for RawConfig {
             rules: RawRules::default(),
             webhook: RawWebhook::default(),
             inference: RawInference::default(),
+            metrics: RawMetrics::default(),
         }
     }
 }
@@ -535,6 +557,8 @@ pub struct EngineConfig {
     pub psi_epsilon: f64,
     /// The drift rules.
     pub rules: Vec<Rule>,
+    /// Per-feature series budget per model version, in features.
+    pub max_features_per_model: usize,
 }
 
 /// Validated `[webhook]`.
@@ -769,6 +793,7 @@ impl RawConfig {
                 psi_bins,
                 psi_epsilon: eps,
                 rules,
+                max_features_per_model: self.metrics.max_features_per_model,
             },
             webhook,
         })

@@ -840,6 +840,7 @@ async fn evaluate_all(
                 &shared.window_name,
                 &report,
                 v.reference.as_deref(),
+                shared.cfg.max_features_per_model,
             );
             let verdict = combine_verdicts(&outcomes);
             metrics
@@ -931,8 +932,14 @@ fn export(
     window: &str,
     report: &Report,
     reference: Option<&Reference>,
+    budget: usize,
 ) {
-    for f in &report.features {
+    // Features are sorted by name, so the budget keeps the same features on
+    // every evaluation.
+    for f in &report.features[report.features.len().min(budget)..] {
+        metrics.drop_feature(key, &f.name);
+    }
+    for f in report.features.iter().take(budget) {
         let labels = [
             key.model.as_str(),
             key.version.as_str(),

@@ -166,6 +166,11 @@ impl CloudEventOutcome {
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
+    /// Features already counted in `driftd_series_dropped_total`, so each
+    /// is counted once.
+    dropped: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<(String, String, String)>>>,
+    /// `driftd_series_dropped_total`.
+    pub series_dropped: IntCounterVec,
     /// `driftd_psi`.
     pub psi: GaugeVec,
     /// `driftd_ks_statistic`.
@@ -274,6 +279,12 @@ impl Metrics {
             h
         };
         let m = Self {
+            dropped: Default::default(),
+            series_dropped: counter_vec(
+                "series_dropped_total",
+                "Features left without per-feature series by the metrics.max_features_per_model budget",
+                &["model"],
+            ),
             psi: gauge_vec(
                 "psi",
                 "Population stability index of the window against the reference",
@@ -504,6 +515,16 @@ impl Metrics {
             m.webhook_deliveries.with_label_values(&[outcome.as_str()]);
         }
         m
+    }
+
+    /// Counts a feature the series budget left out, once per feature.
+    pub fn drop_feature(&self, key: &ModelKey, feature: &str) {
+        let mut d = self.dropped.lock().unwrap_or_else(|p| p.into_inner());
+        if d.insert((key.model.clone(), key.version.clone(), feature.to_string())) {
+            self.series_dropped
+                .with_label_values(&[key.model.as_str()])
+                .inc();
+        }
     }
 
     /// Counts a webhook delivery outcome.

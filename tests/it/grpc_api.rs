@@ -188,3 +188,70 @@ where
     }
     out
 }
+
+/// The series budget: features beyond `metrics.max_features_per_model` get
+/// no per-feature series, and each is counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_series_budget_caps_per_feature_series() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = TestDaemon::start(test_config(
+        dir.path(),
+        &[
+            ("DRIFTD_METRICS__MAX_FEATURES_PER_MODEL", "2".to_string()),
+            ("DRIFTD_REFERENCE__WARMUP_SAMPLES", "100".to_string()),
+            ("DRIFTD_EVALUATION__MIN_SAMPLES", "50".to_string()),
+        ],
+    ))
+    .await;
+    let mut g = rng(12);
+    let cols = |g: &mut rand::rngs::StdRng| {
+        (0..4)
+            .map(|i| {
+                numeric(
+                    &format!("f{i}"),
+                    ColumnRole::Input,
+                    normal(g, 100, 0.0, 1.0),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut client = d.client().await;
+    client
+        .ingest_batch(batch("m", "v", cols(&mut g)))
+        .await
+        .unwrap();
+    client
+        .ingest_batch(batch("m", "v", cols(&mut g)))
+        .await
+        .unwrap();
+    wait_until("two evaluations", Duration::from_secs(10), || {
+        let d = &d;
+        async move {
+            let s = d.scrape().await;
+            sample(&s, "driftd_evaluations_total", &[("model", "m")]).unwrap_or(0.0) >= 1.0
+                && sample(&s, "driftd_psi", &[("feature", "f0")]).is_some()
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let s = d.scrape().await;
+    for f in ["f0", "f1"] {
+        assert!(
+            sample(&s, "driftd_window_samples", &[("feature", f)]).is_some(),
+            "{f} exported"
+        );
+    }
+    for f in ["f2", "f3"] {
+        assert!(
+            !s.lines().any(|l| !l.starts_with('#')
+                && l.contains(&format!("feature=\"{f}\""))
+                && !l.starts_with("driftd_missing_values_total")),
+            "{f} has per-feature series"
+        );
+    }
+    assert_eq!(
+        sample(&s, "driftd_series_dropped_total", &[("model", "m")]),
+        Some(2.0)
+    );
+    d.stop().await.unwrap();
+}
