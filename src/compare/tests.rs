@@ -1,4 +1,4 @@
-use std::io::Write;
+use std::{fs::File, io::Write};
 
 use super::*;
 
@@ -290,4 +290,60 @@ fn table_lists_every_column() {
         "{table}"
     );
     assert!(lines[2].contains("categorical"));
+}
+
+#[test]
+fn radix_sort_orders_like_total_cmp() {
+    // Long enough for the radix path, with duplicates, both zeros and both
+    // signs.
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut v: Vec<f64> = (0..3 * RADIX_MIN)
+        .map(|i| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            match i % 7 {
+                0 => 0.0,
+                1 => -0.0,
+                2 => (seed % 50) as f64 - 25.0,
+                _ => f64::from_bits(seed >> 2) * if seed & 1 == 0 { 1.0 } else { -1.0 },
+            }
+        })
+        .collect();
+    let mut want = v.clone();
+    want.sort_unstable_by(f64::total_cmp);
+    sort_floats(&mut v);
+    assert_eq!(
+        v.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+        want.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn split_in_place_agrees_with_the_csv_reader() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows_r = "\n1,x,2.5,\n-3e2,y,,7\n\n4,x,1e999,8\n0.5,z,3,9\n";
+    let rows_c = "1,y,2,5\n2,x,3.5,\n3,x,4,6\n";
+    // The same tables; a quoted header name forces the csv reader.
+    let plain = (
+        write(&dir, "r1.csv", &format!("n,k,m,t{rows_r}")),
+        write(&dir, "c1.csv", &format!("t,k,m,n\n{rows_c}")),
+    );
+    let quoted = (
+        write(&dir, "r2.csv", &format!("\"n\",k,m,t{rows_r}")),
+        write(&dir, "c2.csv", &format!("t,k,m,\"n\"\n{rows_c}")),
+    );
+    let mut a = Args::new(&plain.0, &plain.1);
+    let mut b = Args::new(&quoted.0, &quoted.1);
+    a.categorical = vec!["t".into()];
+    b.categorical = vec!["t".into()];
+    assert!(plain_body(&std::fs::read(&plain.0).unwrap(), 4).is_some());
+    assert!(plain_body(&std::fs::read(&quoted.0).unwrap(), 4).is_none());
+    assert_eq!(run(&a).unwrap(), run(&b).unwrap());
+
+    // A ragged row leaves the split to the csv reader, which reports it.
+    let r = write(&dir, "r3.csv", "a,b\n1,2\n3\n");
+    let c = write(&dir, "c3.csv", "a,b\n1,2\n");
+    let err = run(&Args::new(&r, &c)).unwrap_err();
+    assert!(matches!(err, Error::RaggedRow { line: 3, .. }), "{err:?}");
 }

@@ -72,24 +72,31 @@ pub fn ks_2samp(sorted_ref: &[f64], sorted_cur: &[f64]) -> Option<KsResult> {
 fn statistic(a: &[f64], b: &[f64]) -> f64 {
     let (n1, n2) = (a.len(), b.len());
     let (f1, f2) = (n1 as f64, n2 as f64);
+    // The inputs are finite, so +inf marks an exhausted sample.
+    let at = |s: &[f64], k: usize| s.get(k).copied().unwrap_or(f64::INFINITY);
     let (mut i, mut j) = (0usize, 0usize);
     let (mut max_s, mut min_s) = (0.0f64, 0.0f64);
-    while i < n1 || j < n2 {
-        let x = match (a.get(i), b.get(j)) {
-            (Some(&x), Some(&y)) => x.min(y),
-            (Some(&x), None) => x,
-            (None, Some(&y)) => y,
-            (None, None) => break,
+    let mut prev = f64::NEG_INFINITY;
+    // One branch-free merge step per value. Before merging a value `v`
+    // greater than the previous one, (i, j) count the values `<= prev`, the
+    // ECDFs at the end of `prev`'s tie group, which is where SciPy evaluates
+    // them; inside a tie group the difference is replaced by 0, which
+    // cannot change a max that starts at 0 or a min that starts at 0. The
+    // last group's difference is 1 - 1 = 0 and needs no evaluation.
+    for _ in 0..n1 + n2 {
+        let (x, y) = (at(a, i), at(b, j));
+        let v = x.min(y);
+        let diff = if v > prev {
+            i as f64 / f1 - j as f64 / f2
+        } else {
+            0.0
         };
-        while i < n1 && a[i] <= x {
-            i += 1;
-        }
-        while j < n2 && b[j] <= x {
-            j += 1;
-        }
-        let diff = i as f64 / f1 - j as f64 / f2;
         max_s = max_s.max(diff);
         min_s = min_s.min(diff);
+        let take_b = y < x;
+        j += usize::from(take_b);
+        i += usize::from(!take_b);
+        prev = v;
     }
     // SciPy clips -min to [0, 1] and keeps max when they tie.
     let neg_min = (-min_s).clamp(0.0, 1.0);

@@ -499,3 +499,19 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn streamed_pairwise_sum_groups_like_the_slice_version() {
+    for n in [0usize, 1, 7, 8, 9, 127, 128, 129, 300, 1000, 4099] {
+        let xs: Vec<f64> = (0..n).map(|i| 1.0 / (i as f64 + 0.3)).collect();
+        let mut it = xs.iter();
+        let streamed = super::wasserstein::pairwise_sum_from(n, &mut || {
+            it.next().copied().unwrap_or(f64::NAN)
+        });
+        assert_eq!(
+            streamed.to_bits(),
+            super::pairwise_sum(&xs).to_bits(),
+            "{n}"
+        );
+    }
+}

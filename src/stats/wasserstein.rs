@@ -15,25 +15,36 @@ pub fn wasserstein(sorted_ref: &[f64], sorted_cur: &[f64]) -> f64 {
     }
     debug_assert!(sorted_ref.windows(2).all(|w| w[0] <= w[1]));
     debug_assert!(sorted_cur.windows(2).all(|w| w[0] <= w[1]));
-    let all = merge(sorted_ref, sorted_cur);
     let (fu, fv) = (nu as f64, nv as f64);
+    // The merge is streamed instead of materialised: term `k` is
+    // `|F_r(x_k) - F_c(x_k)| * (x_{k+1} - x_k)` over the merged values, and
+    // the terms are produced in SciPy's order straight into the pairwise
+    // summation, so the sum is bit for bit the one over a term array.
+    //
+    // When `x_{k+1} > x_k`, every value `<= x_k` has been merged, so the
+    // merge positions are the ECDF counts (searchsorted side='right'). When
+    // `x_{k+1} == x_k` the term is `d * 0 = +0` whatever the counts are.
+    // The inputs are finite, so +inf marks an exhausted side.
     let (mut i, mut j) = (0usize, 0usize);
-    // One term per consecutive pair of the merged values, in SciPy's order,
-    // so the pairwise sum groups them the same way.
-    let mut terms = Vec::with_capacity(all.len() - 1);
-    for w in all.windows(2) {
-        let x = w[0];
-        // ECDFs with `<=` (searchsorted side='right').
-        while i < nu && sorted_ref[i] <= x {
-            i += 1;
-        }
-        while j < nv && sorted_cur[j] <= x {
-            j += 1;
-        }
+    let next = |i: &mut usize, j: &mut usize| {
+        let a = sorted_ref.get(*i).copied().unwrap_or(f64::INFINITY);
+        let b = sorted_cur.get(*j).copied().unwrap_or(f64::INFINITY);
+        // Equal values go to the reference first, as a stable merge does;
+        // which side a tie comes from does not change any term.
+        let take_cur = b < a;
+        *j += usize::from(take_cur);
+        *i += usize::from(!take_cur);
+        a.min(b)
+    };
+    let mut x = next(&mut i, &mut j);
+    let mut term = || {
         let d = (i as f64 / fu - j as f64 / fv).abs();
-        terms.push(d * (w[1] - w[0]));
-    }
-    pairwise_sum(&terms)
+        let y = next(&mut i, &mut j);
+        let t = d * (y - x);
+        x = y;
+        t
+    };
+    pairwise_sum_from(nu + nv - 1, &mut term)
 }
 
 /// [`wasserstein`] divided by the reference's sample standard deviation
@@ -42,41 +53,52 @@ pub fn wasserstein(sorted_ref: &[f64], sorted_cur: &[f64]) -> f64 {
 /// `None` when the reference has fewer than 2 values, all reference values
 /// are identical (zero spread) or the current sample is empty.
 pub fn wasserstein_norm(sorted_ref: &[f64], sorted_cur: &[f64]) -> Option<f64> {
-    let n = sorted_ref.len();
-    if n < 2 || sorted_cur.is_empty() || sorted_ref[0] == sorted_ref[n - 1] {
-        return None;
-    }
-    Some(wasserstein(sorted_ref, sorted_cur) / std_ddof1(sorted_ref))
+    wasserstein_and_norm(sorted_ref, sorted_cur).1
 }
 
-/// Sample standard deviation like `numpy.std(x, ddof=1)` (two-pass).
+/// [`wasserstein`] and [`wasserstein_norm`] together, computing the
+/// distance once (callers that want both would otherwise merge twice).
+pub fn wasserstein_and_norm(sorted_ref: &[f64], sorted_cur: &[f64]) -> (f64, Option<f64>) {
+    let w = wasserstein(sorted_ref, sorted_cur);
+    let n = sorted_ref.len();
+    if n < 2 || sorted_cur.is_empty() || sorted_ref[0] == sorted_ref[n - 1] {
+        return (w, None);
+    }
+    (w, Some(w / std_ddof1(sorted_ref)))
+}
+
+/// Sample standard deviation like `numpy.std(x, ddof=1)` (two-pass), with
+/// the squared deviations streamed into the pairwise sum rather than
+/// collected first; the grouping, and so the result, is the same.
 fn std_ddof1(x: &[f64]) -> f64 {
     let n = x.len() as f64;
     let mean = pairwise_sum(x) / n;
-    let sq: Vec<f64> = x
-        .iter()
-        .map(|&v| {
-            let d = v - mean;
-            d * d
-        })
-        .collect();
-    (pairwise_sum(&sq) / (n - 1.0)).sqrt()
+    let mut it = x.iter();
+    let mut sq = || {
+        let d = it.next().map_or(0.0, |&v| v - mean);
+        d * d
+    };
+    (pairwise_sum_from(x.len(), &mut sq) / (n - 1.0)).sqrt()
 }
 
-/// Merges two sorted slices into one sorted vector.
-fn merge(a: &[f64], b: &[f64]) -> Vec<f64> {
-    let mut out = Vec::with_capacity(a.len() + b.len());
-    let (mut i, mut j) = (0, 0);
-    while i < a.len() && j < b.len() {
-        if b[j] < a[i] {
-            out.push(b[j]);
-            j += 1;
-        } else {
-            out.push(a[i]);
-            i += 1;
+/// [`super::pairwise_sum`] of `n` values taken in order from `next`, grouped
+/// exactly as `super::pairwise_sum` groups a slice of them, so callers can stream
+/// the values instead of collecting them first. The leaves are summed from
+/// a stack block of 128, so nothing is allocated.
+pub(crate) fn pairwise_sum_from(n: usize, next: &mut impl FnMut() -> f64) -> f64 {
+    const BLOCK: usize = 128;
+    if n <= BLOCK {
+        let mut block = [0.0f64; BLOCK];
+        for v in &mut block[..n] {
+            *v = next();
         }
+        pairwise_sum(&block[..n])
+    } else {
+        let mut n2 = n / 2;
+        n2 -= n2 % 8;
+        // Rust evaluates the left operand first, so the values arrive in
+        // slice order.
+        let left = pairwise_sum_from(n2, next);
+        left + pairwise_sum_from(n - n2, next)
     }
-    out.extend_from_slice(&a[i..]);
-    out.extend_from_slice(&b[j..]);
-    out
 }
