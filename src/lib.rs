@@ -4,11 +4,11 @@
 //! exports the statistics as Prometheus metrics and calls webhooks when a
 //! drift rule trips.
 //!
-//! See ARCHITECTURE.md for the code map. Modules are listed in reading order:
-//! the pure core first (`domain`, `stats`, `window`, `reference`,
-//! `detector`), then the stateful parts (`store`, `engine`, `webhook`,
+//! See ARCHITECTURE.md for the code map. Read the pure core first
+//! (`domain`, `stats`, `window`, `reference`, `detector`, `rules`,
+//! `inference`), then the stateful parts (`store`, `engine`, `webhook`,
 //! `metrics`), then the edges (`server`, `config`, `telemetry`, `shutdown`,
-//! `app`).
+//! `app`) and the offline command (`compare`).
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
