@@ -227,6 +227,22 @@ pub fn decode_raw(datatype: &str, raw: &[u8], field: &str) -> Result<Data, Error
     }
 }
 
+/// Joins the decoded sides of one exchange (request first) into one column
+/// list. An output column whose name collides with an earlier column gets an
+/// `_output` suffix, so both survive.
+pub fn join_columns(parts: Vec<Decoded>) -> Vec<Column> {
+    let mut columns: Vec<Column> = Vec::new();
+    for d in parts {
+        for mut c in d.columns {
+            if columns.iter().any(|o| o.name == c.name) {
+                c.name = sanitize(&format!("{}_output", c.name));
+            }
+            columns.push(c);
+        }
+    }
+    columns
+}
+
 /// Which side of an exchange a JSON body is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {

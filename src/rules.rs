@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::{
     detector::{FeatureReport, Report},
-    domain::{Kind, Role, Verdict},
+    domain::{Role, Verdict},
 };
 
 /// The statistic a rule compares.
@@ -438,19 +438,6 @@ impl Tracker {
                 Transition::None
             }
         }
-    }
-}
-
-/// Whether a feature kind can have the statistic at all; used to validate
-/// configuration and documentation, not per evaluation.
-pub fn applies_to_kind(s: Statistic, k: Kind) -> bool {
-    match s {
-        Statistic::KsPvalue
-        | Statistic::KsStatistic
-        | Statistic::WassersteinNorm
-        | Statistic::CvmPvalue => k == Kind::Numeric,
-        Statistic::Chi2Pvalue => k == Kind::Categorical,
-        Statistic::Psi | Statistic::Js | Statistic::Hellinger | Statistic::MissingShare => true,
     }
 }
 

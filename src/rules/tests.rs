@@ -4,7 +4,7 @@ use super::*;
 use crate::{
     config::Config,
     detector::{self, FeatureReport},
-    domain::{Batch, Column, ModelKey, Values},
+    domain::{Batch, Column, Kind, ModelKey, Values},
     reference::{Builder, Source},
     window::CountWindow,
 };

@@ -423,42 +423,32 @@ fn mirror_to_batch(req: pb::MirrorInferenceRequest) -> Result<Batch, Rejection> 
     if req.request.is_none() && req.response.is_none() {
         return Err(bad("request/response: at least one must be set".into()));
     }
-    let model = [
-        req.model.as_str(),
-        req.request
-            .as_ref()
-            .map(|r| r.model_name.as_str())
-            .unwrap_or(""),
-        req.response
-            .as_ref()
-            .map(|r| r.model_name.as_str())
-            .unwrap_or(""),
-    ]
-    .into_iter()
-    .find(|s| !s.is_empty())
-    .unwrap_or("")
-    .to_string();
+    // The override, else the request's value, else the response's.
+    let pick = |own: &str, req_v: Option<&str>, resp_v: Option<&str>| {
+        [Some(own), req_v, resp_v]
+            .into_iter()
+            .flatten()
+            .find(|s| !s.is_empty())
+            .map(str::to_string)
+    };
+    let model = pick(
+        &req.model,
+        req.request.as_ref().map(|r| r.model_name.as_str()),
+        req.response.as_ref().map(|r| r.model_name.as_str()),
+    )
+    .unwrap_or_default();
     domain::validate_name(&model).map_err(|e| {
         (
             RejectReason::InvalidName,
             format!("model (or request.model_name): {e}"),
         )
     })?;
-    let version = [
-        req.version.as_str(),
-        req.request
-            .as_ref()
-            .map(|r| r.model_version.as_str())
-            .unwrap_or(""),
-        req.response
-            .as_ref()
-            .map(|r| r.model_version.as_str())
-            .unwrap_or(""),
-    ]
-    .into_iter()
-    .find(|s| !s.is_empty())
-    .unwrap_or(domain::DEFAULT_VERSION)
-    .to_string();
+    let version = pick(
+        &req.version,
+        req.request.as_ref().map(|r| r.model_version.as_str()),
+        req.response.as_ref().map(|r| r.model_version.as_str()),
+    )
+    .unwrap_or_else(|| domain::DEFAULT_VERSION.to_string());
     domain::validate_name(&version).map_err(|e| {
         (
             RejectReason::InvalidName,
@@ -527,18 +517,9 @@ fn mirror_to_batch(req: pb::MirrorInferenceRequest) -> Result<Batch, Rejection> 
     if n_rows == 0 {
         return Err(bad("request.inputs: batch size is 0".into()));
     }
-    let mut columns: Vec<Column> = Vec::new();
-    for p in parts {
-        for mut c in p.columns {
-            if columns.iter().any(|o| o.name == c.name) {
-                c.name = inference::sanitize(&format!("{}_output", c.name));
-            }
-            columns.push(c);
-        }
-    }
     Ok(Batch {
         key: ModelKey { model, version },
-        columns,
+        columns: inference::join_columns(parts),
         n_rows,
     })
 }

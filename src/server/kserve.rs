@@ -207,22 +207,12 @@ impl Kserve {
     }
 }
 
-/// Builds one batch from decoded sides. Output columns whose name collides
-/// with an input column get an `_output` suffix, so both survive.
+/// Builds one batch from decoded sides (see [`inference::join_columns`]).
 fn to_batch(key: ModelKey, parts: Vec<Decoded>) -> Batch {
     let n_rows = parts.first().map(|d| d.n_rows).unwrap_or(0);
-    let mut columns: Vec<domain::Column> = Vec::new();
-    for d in parts {
-        for mut c in d.columns {
-            if columns.iter().any(|o| o.name == c.name) {
-                c.name = inference::sanitize(&format!("{}_output", c.name));
-            }
-            columns.push(c);
-        }
-    }
     Batch {
         key,
-        columns,
+        columns: inference::join_columns(parts),
         n_rows,
     }
 }
