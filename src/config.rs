@@ -17,7 +17,11 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::rules::{Combine, Correction, Op, RoleFilter, Rule, Statistic};
+use crate::{
+    reference,
+    rules::{Combine, Correction, Op, RoleFilter, Rule, Statistic},
+    window::{self, WindowSpec},
+};
 
 /// Prefix of environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "DRIFTD";
@@ -220,14 +224,59 @@ pub struct RawReference {
     /// The first this-many records of a version become its reference, unless
     /// SetReference supplies one.
     pub warmup_samples: usize,
+    /// Largest sorted sample a compiled reference keeps per numeric feature
+    /// (bins, mean and spread use every value).
+    pub sample_size: usize,
+    /// Per model version, where its reference comes from; the first match
+    /// wins, unmatched versions warm up.
+    pub sources: Vec<RawReferenceSource>,
+}
+
+/// `[[reference.sources]]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReferenceSource {
+    /// Model name glob.
+    pub model: String,
+    /// Version glob; default all.
+    #[serde(default = "star")]
+    pub version: String,
+    /// `warmup`, `file:PATH` (a CSV file with a header row, loaded at
+    /// start) or `live:VERSION` (that version's window of the same name).
+    pub reference: String,
+    /// CSV columns that are model outputs (the rest are inputs).
+    #[serde(default)]
+    pub outputs: Vec<String>,
+}
+
+fn star() -> String {
+    "*".into()
 }
 
 /// `[window]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawWindow {
-    /// Records in the count-based window (the last N per feature).
-    pub size: usize,
+    /// Windows of every model version: `"5m/10s"` (time, length/bucket),
+    /// `"count:5000"` (the last N records, in buckets of a tenth).
+    pub windows: Vec<String>,
+    /// Target rows in each window's sample for KS, CvM and Wasserstein.
+    pub sample_size: usize,
+    /// Categories kept per categorical feature; the rest count as
+    /// `__other__`.
+    pub max_categories: usize,
+    /// Other windows for some models; the first match wins.
+    pub overrides: Vec<RawWindowOverride>,
+}
+
+/// `[[window.overrides]]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWindowOverride {
+    /// Model name globs.
+    pub models: Vec<String>,
+    /// Their windows, as in `window.windows`.
+    pub windows: Vec<String>,
 }
 
 /// `[evaluation]`.
@@ -310,6 +359,10 @@ pub struct RawRule {
     /// Webhook target names; default all.
     #[serde(default)]
     pub webhooks: Vec<String>,
+    /// The window it judges (its `window` label); default the model's
+    /// first window.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub window: String,
 }
 
 fn all() -> Vec<String> {
@@ -432,13 +485,20 @@ impl Default for RawReference {
     fn default() -> Self {
         Self {
             warmup_samples: 5000,
+            sample_size: 100_000,
+            sources: Vec::new(),
         }
     }
 }
 
 impl Default for RawWindow {
     fn default() -> Self {
-        Self { size: 5000 }
+        Self {
+            windows: vec!["5m/10s".into(), "1h/1m".into()],
+            sample_size: 10_000,
+            max_categories: 100,
+            overrides: Vec::new(),
+        }
     }
 }
 
@@ -545,8 +605,16 @@ pub struct StoreConfig {
 pub struct EngineConfig {
     /// Records that form a warm-up reference.
     pub warmup_samples: NonZeroUsize,
-    /// Records in the count window.
-    pub window_size: NonZeroUsize,
+    /// Windows of models without an override.
+    pub windows: Vec<WindowSpec>,
+    /// (model globs, windows) overrides, first match wins.
+    pub window_overrides: Vec<(Vec<String>, Vec<WindowSpec>)>,
+    /// Window sample and category limits.
+    pub window_limits: window::Limits,
+    /// How references are compiled.
+    pub reference: reference::Settings,
+    /// Where references come from, first match wins.
+    pub reference_sources: Vec<ReferenceSource>,
     /// Time between evaluations.
     pub eval_interval: Duration,
     /// Samples below which the verdict is `insufficient_data`.
@@ -559,6 +627,92 @@ pub struct EngineConfig {
     pub rules: Vec<Rule>,
     /// Per-feature series budget per model version, in features.
     pub max_features_per_model: usize,
+    /// Where time comes from (the system clock; tests and simulations pass
+    /// their own).
+    pub clock: Clock,
+}
+
+/// The engine's time source, in milliseconds since the Unix epoch.
+#[derive(Clone)]
+pub struct Clock(std::sync::Arc<dyn Fn() -> i64 + Send + Sync>);
+
+impl Clock {
+    /// The system clock.
+    pub fn system() -> Self {
+        Self(std::sync::Arc::new(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0)
+        }))
+    }
+
+    /// A clock that reads `f`.
+    pub fn from_fn(f: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
+        Self(std::sync::Arc::new(f))
+    }
+
+    /// Now.
+    pub fn now_ms(&self) -> i64 {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Clock")
+    }
+}
+
+/// Where the reference of matching versions comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReferenceSource {
+    /// Model glob.
+    pub model: String,
+    /// Version glob.
+    pub version: String,
+    /// The source.
+    pub kind: SourceKind,
+}
+
+/// A reference source.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceKind {
+    /// The first records of the version.
+    Warmup,
+    /// A CSV file, and its output columns.
+    File {
+        /// Path.
+        path: PathBuf,
+        /// Columns that are outputs.
+        outputs: Vec<String>,
+    },
+    /// Another version's live window.
+    Live {
+        /// That version.
+        version: String,
+    },
+}
+
+impl EngineConfig {
+    /// The windows of `model`.
+    pub fn windows_for(&self, model: &str) -> &[WindowSpec] {
+        self.window_overrides
+            .iter()
+            .find(|(globs, _)| globs.iter().any(|g| crate::rules::glob_match(g, model)))
+            .map_or(&self.windows[..], |(_, w)| &w[..])
+    }
+
+    /// The configured source of `model`'s `version`, if any.
+    pub fn source_for(&self, model: &str, version: &str) -> Option<&SourceKind> {
+        self.reference_sources
+            .iter()
+            .find(|s| {
+                crate::rules::glob_match(&s.model, model)
+                    && crate::rules::glob_match(&s.version, version)
+            })
+            .map(|s| &s.kind)
+    }
 }
 
 /// Validated `[webhook]`.
@@ -647,6 +801,7 @@ fn load_raw(
             .list_separator(",")
             .with_list_parse_key("webhook.urls")
             .with_list_parse_key("webhook.secrets")
+            .with_list_parse_key("window.windows")
             .try_parsing(true)
             .source(Some(vars)),
     );
@@ -668,6 +823,21 @@ fn parse_addr(key: &'static str, s: &str) -> Result<SocketAddr, Error> {
 fn parse_duration(key: &'static str, s: &str) -> Result<Duration, Error> {
     humantime::parse_duration(s)
         .map_err(|e| invalid(key, format!("{s:?} is not a duration like \"10s\" ({e})")))
+}
+
+fn parse_windows(key: &'static str, specs: &[String]) -> Result<Vec<WindowSpec>, Error> {
+    if specs.is_empty() {
+        return Err(invalid(key, "at least one window is needed"));
+    }
+    let mut out: Vec<WindowSpec> = Vec::new();
+    for s in specs {
+        let w = WindowSpec::parse(s).map_err(|e| invalid(key, e))?;
+        if out.iter().any(|o| o.name == w.name) {
+            return Err(invalid(key, format!("two windows are named {:?}", w.name)));
+        }
+        out.push(w);
+    }
+    Ok(out)
 }
 
 fn non_zero(key: &'static str, n: usize) -> Result<NonZeroUsize, Error> {
@@ -702,7 +872,21 @@ impl RawConfig {
             self.ingest.max_reference_records,
         )?;
         let warmup_samples = non_zero("reference.warmup_samples", self.reference.warmup_samples)?;
-        let window_size = non_zero("window.size", self.window.size)?;
+        let windows = parse_windows("window.windows", &self.window.windows)?;
+        let mut window_overrides = Vec::new();
+        for o in &self.window.overrides {
+            if o.models.is_empty() {
+                return Err(invalid("window.overrides.models", "must not be empty"));
+            }
+            window_overrides.push((
+                o.models.clone(),
+                parse_windows("window.overrides.windows", &o.windows)?,
+            ));
+        }
+        let sample_size = non_zero("window.sample_size", self.window.sample_size)?;
+        let max_categories = non_zero("window.max_categories", self.window.max_categories)?;
+        let ref_sample = non_zero("reference.sample_size", self.reference.sample_size)?;
+        let reference_sources = self.validate_sources()?;
         let eval_interval = parse_duration("evaluation.interval", &self.evaluation.interval)?;
         if eval_interval < Duration::from_millis(10) {
             return Err(invalid("evaluation.interval", "must be at least 10ms"));
@@ -787,16 +971,72 @@ impl RawConfig {
             max_reference_records: self.ingest.max_reference_records,
             engine: EngineConfig {
                 warmup_samples,
-                window_size,
+                windows,
+                window_overrides,
+                window_limits: window::Limits {
+                    sample_size: sample_size.get(),
+                    max_categories: max_categories.get(),
+                },
+                reference: reference::Settings {
+                    bins: psi_bins,
+                    sample_size: ref_sample.get(),
+                    max_categories: max_categories.get(),
+                },
+                reference_sources,
                 eval_interval,
                 min_samples: self.evaluation.min_samples,
                 psi_bins,
                 psi_epsilon: eps,
                 rules,
                 max_features_per_model: self.metrics.max_features_per_model,
+                clock: Clock::system(),
             },
             webhook,
         })
+    }
+
+    fn validate_sources(&self) -> Result<Vec<ReferenceSource>, Error> {
+        let mut out = Vec::new();
+        for s in &self.reference.sources {
+            if s.model.is_empty() || s.version.is_empty() {
+                return Err(invalid(
+                    "reference.sources.model",
+                    "model and version globs must not be empty",
+                ));
+            }
+            let kind = if s.reference == "warmup" {
+                SourceKind::Warmup
+            } else if let Some(path) = s.reference.strip_prefix("file:") {
+                if path.is_empty() {
+                    return Err(invalid("reference.sources.reference", "file: needs a path"));
+                }
+                SourceKind::File {
+                    path: PathBuf::from(path),
+                    outputs: s.outputs.clone(),
+                }
+            } else if let Some(v) = s.reference.strip_prefix("live:") {
+                crate::domain::validate_name(v).map_err(|e| {
+                    invalid("reference.sources.reference", format!("live:{v}: {e}"))
+                })?;
+                SourceKind::Live {
+                    version: v.to_string(),
+                }
+            } else {
+                return Err(invalid(
+                    "reference.sources.reference",
+                    format!(
+                        "{:?}: use \"warmup\", \"file:PATH\" or \"live:VERSION\"",
+                        s.reference
+                    ),
+                ));
+            };
+            out.push(ReferenceSource {
+                model: s.model.clone(),
+                version: s.version.clone(),
+                kind,
+            });
+        }
+        Ok(out)
     }
 
     fn validate_rules(&self) -> Result<Vec<Rule>, Error> {
@@ -829,6 +1069,7 @@ impl RawConfig {
             keep_firing_for: d.keep_firing_for,
             severity: d.severity.clone(),
             webhooks: Vec::new(),
+            window: None,
         };
         if d.list.is_empty() {
             return Ok(vec![
@@ -927,6 +1168,7 @@ impl RawConfig {
                 keep_firing_for: r.keep_firing_for.unwrap_or(d.keep_firing_for),
                 severity: r.severity.clone().unwrap_or_else(|| d.severity.clone()),
                 webhooks: r.webhooks.clone(),
+                window: (!r.window.is_empty()).then(|| r.window.clone()),
             });
         }
         Ok(out)
@@ -1127,10 +1369,46 @@ mod tests {
 
     #[test]
     fn effective_config_round_trips_through_toml() {
-        let (raw, _) = load(None, env(&[("DRIFTD_WINDOW__SIZE", "77")])).unwrap();
+        let (raw, _) = load(None, env(&[("DRIFTD_WINDOW__WINDOWS", "count:77,15m/30s")])).unwrap();
         let text = raw.to_toml().unwrap();
         let f = file(&text);
         let (_, c) = load(Some(f.path()), env(&[])).unwrap();
-        assert_eq!(c.engine.window_size.get(), 77);
+        let names: Vec<&str> = c.engine.windows.iter().map(|w| w.name.as_str()).collect();
+        assert_eq!(names, ["last_77", "15m"]);
+    }
+
+    #[test]
+    fn windows_and_reference_sources_are_validated() {
+        for (text, key) in [
+            ("[window]\nwindows = []", "window.windows"),
+            ("[window]\nwindows = [\"5m/7s\"]", "window.windows"),
+            ("[window]\nwindows = [\"5m\", \"5m/1m\"]", "window.windows"),
+            (
+                "[[reference.sources]]\nmodel = \"m\"\nreference = \"s3://x\"",
+                "reference.sources.reference",
+            ),
+            (
+                "[[reference.sources]]\nmodel = \"m\"\nreference = \"live:a b\"",
+                "reference.sources.reference",
+            ),
+        ] {
+            let f = file(text);
+            let err = load(Some(f.path()), env(&[])).unwrap_err().to_string();
+            assert!(err.contains(key), "{text:?}: {err:?} does not name {key}");
+        }
+        let f = file(
+            "[[window.overrides]]\nmodels = [\"fraud-*\"]\nwindows = [\"count:100\"]\n\
+             [[reference.sources]]\nmodel = \"fraud-*\"\nversion = \"canary\"\nreference = \"live:stable\"",
+        );
+        let (_, c) = load(Some(f.path()), env(&[])).unwrap();
+        assert_eq!(c.engine.windows_for("fraud-eu")[0].name, "last_100");
+        assert_eq!(c.engine.windows_for("churn")[0].name, "5m");
+        assert_eq!(
+            c.engine.source_for("fraud-eu", "canary"),
+            Some(&SourceKind::Live {
+                version: "stable".into()
+            })
+        );
+        assert_eq!(c.engine.source_for("fraud-eu", "stable"), None);
     }
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::{
     config::EngineConfig,
     domain::{Kind, Role, Verdict},
-    reference::{FeatureReference, RawFeature, Reference},
+    reference::{FeatureReference, RefData, Reference},
     stats::{self, Chi2Result, CvmResult, KsResult},
     window::{SampleData, Snapshot},
 };
@@ -27,6 +27,9 @@ pub struct FeatureReport {
     pub window_samples: u64,
     /// Missing values in the window.
     pub window_missing: u64,
+    /// Values the sample-based statistics (KS, CvM, Wasserstein) used from
+    /// the window; for categorical features, `window_samples`.
+    pub window_sample_size: u64,
     /// Non-missing values in the reference (0 when the reference lacks the
     /// feature).
     pub reference_samples: u64,
@@ -63,6 +66,8 @@ pub struct FeatureReport {
 pub struct Report {
     /// Per feature, sorted by name.
     pub features: Vec<FeatureReport>,
+    /// Rows in the window's sample.
+    pub sample_rows: u64,
 }
 
 /// Computes every applicable statistic for every feature of the window.
@@ -75,8 +80,9 @@ pub fn evaluate(reference: Option<&Reference>, window: &Snapshot, cfg: &EngineCo
                 name: name.clone(),
                 role: sample.role,
                 kind: sample.kind(),
-                window_samples: sample.n(),
+                window_samples: sample.n,
                 window_missing: sample.missing,
+                window_sample_size: sample.sample_len(),
                 reference_samples: 0,
                 sufficient: false,
                 psi: None,
@@ -103,7 +109,10 @@ pub fn evaluate(reference: Option<&Reference>, window: &Snapshot, cfg: &EngineCo
             rep
         })
         .collect();
-    Report { features }
+    Report {
+        features,
+        sample_rows: window.sample_rows,
+    }
 }
 
 fn finite(x: f64) -> Option<f64> {
@@ -111,19 +120,43 @@ fn finite(x: f64) -> Option<f64> {
 }
 
 fn compare(fr: &FeatureReference, data: &SampleData, cfg: &EngineConfig, rep: &mut FeatureReport) {
-    match (&fr.raw, data) {
-        (RawFeature::Numeric { sorted: r, .. }, SampleData::Numeric(c)) => {
-            let cur = stats::bin_counts(&fr.edges, c);
-            rep.psi = finite(stats::psi(&fr.bin_counts, &cur, cfg.psi_epsilon));
-            rep.js = finite(stats::js_distance(&fr.bin_counts, &cur));
-            rep.hellinger = finite(stats::hellinger(&fr.bin_counts, &cur));
-            rep.ks = stats::ks_2samp(r, c);
-            rep.wasserstein_norm = stats::wasserstein_norm(r, c).and_then(finite);
-            rep.cvm = stats::cvm_2samp(r, c);
+    match (&fr.data, data) {
+        (
+            RefData::Numeric {
+                sample: r,
+                std,
+                edges,
+                bin_counts: ref_bins,
+                ..
+            },
+            SampleData::Numeric {
+                sample: c,
+                bins,
+                sum,
+            },
+        ) => {
+            // Exact window counts when the window was binned against this
+            // reference; a live reference has no fixed edges, so its
+            // window is binned from the sample.
+            let cur = match bins {
+                Some(b) if b.len() == edges.len() + 1 => b.clone(),
+                _ => stats::bin_counts(edges, c),
+            };
+            rep.psi = finite(stats::psi(ref_bins, &cur, cfg.psi_epsilon));
+            rep.js = finite(stats::js_distance(ref_bins, &cur));
+            rep.hellinger = finite(stats::hellinger(ref_bins, &cur));
+            if !c.is_empty() {
+                rep.ks = stats::ks_2samp(r, c);
+                rep.cvm = stats::cvm_2samp(r, c);
+                rep.wasserstein_norm = std
+                    .filter(|s| *s > 0.0)
+                    .map(|s| stats::wasserstein(r, c) / s)
+                    .and_then(finite);
+            }
             rep.cur_bin_counts = cur;
-            rep.cur_sum = c.iter().sum();
+            rep.cur_sum = *sum;
         }
-        (RawFeature::Categorical { counts: rc, .. }, SampleData::Categorical(cc)) => {
+        (RefData::Categorical { counts: rc }, SampleData::Categorical(cc)) => {
             // One bin per category of the sorted union of both samples.
             let (_, r, c) = stats::align_categories(rc, cc);
             rep.psi = finite(stats::psi(&r, &c, cfg.psi_epsilon));

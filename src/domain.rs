@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The version used when a client leaves it empty.
 pub const DEFAULT_VERSION: &str = "default";
@@ -13,7 +13,7 @@ pub const DEFAULT_VERSION: &str = "default";
 pub const MAX_NAME_LEN: usize = 128;
 
 /// One model version: the unit that owns windows, a reference and rules.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct ModelKey {
     /// Model name, validated by [`validate_name`].
     pub model: String,
@@ -28,7 +28,7 @@ impl fmt::Display for ModelKey {
 }
 
 /// Whether a column is something the model sees or something it produces.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// An input feature.
@@ -48,7 +48,7 @@ impl Role {
 }
 
 /// The statistical kind of a feature, fixed by the first batch that carries it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     /// Real numbers; NaN and ±inf are missing values.

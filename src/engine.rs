@@ -12,9 +12,9 @@
 //! transitions. The engine knows tokio but not tonic, HTTP or sled.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, VecDeque},
+    collections::{BTreeMap, BTreeSet},
     sync::{Arc, Mutex, MutexGuard},
-    time::{Instant, SystemTime, UNIX_EPOCH},
+    time::{Instant, UNIX_EPOCH},
 };
 
 use serde::Serialize;
@@ -22,16 +22,20 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    config::EngineConfig,
+    config::{EngineConfig, SourceKind},
     detector::{self, Report},
     domain::{Batch, Kind, ModelKey, Role, Verdict},
     metrics::Metrics,
-    reference::{self, Reference},
+    reference::{self, FeatureReference, RefData, Reference},
     rules::{self, Outcome, Tracker, Transition},
-    store::{self, Store, StoredBatch, StoredReference},
+    store::{self, Commit, Store, VersionMeta},
     webhook,
-    window::CountWindow,
+    window::{self, Binning, Changes, Snapshot, Window},
 };
+
+/// Most idempotent producers remembered per version; beyond it the one
+/// with the lowest sequence number is forgotten.
+const MAX_PRODUCERS: usize = 1024;
 
 /// Most commands written under one flush. Bounds the latency of the first
 /// command of a group when the queue is deep.
@@ -73,6 +77,18 @@ pub struct IngestAck {
     pub records: u64,
     /// Missing values counted.
     pub missing_values: u64,
+    /// The producer had already delivered this sequence number; nothing
+    /// was applied again.
+    pub duplicate: bool,
+}
+
+/// An idempotent producer's identity and the batch's sequence number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Producer {
+    /// Stable id of the producing process.
+    pub id: String,
+    /// Increases with every batch of the producer.
+    pub sequence: u64,
 }
 
 /// What an accepted reference contained.
@@ -87,12 +103,14 @@ pub struct ReferenceAck {
 enum Command {
     Ingest {
         batch: Batch,
+        producer: Option<Producer>,
         enqueued: Instant,
         ack: oneshot::Sender<Result<IngestAck, Error>>,
     },
     SetReference {
         key: ModelKey,
         batches: Vec<Batch>,
+        source: reference::Source,
         ack: oneshot::Sender<Result<ReferenceAck, Error>>,
     },
 }
@@ -115,22 +133,28 @@ pub struct Reader {
 struct Shared {
     state: Mutex<BTreeMap<ModelKey, VersionState>>,
     cfg: EngineConfig,
-    window_name: String,
 }
 
 struct VersionState {
     /// Kind of every feature seen so far, in batches or the reference.
     schema: BTreeMap<String, Kind>,
-    records_ingested: u64,
-    next_seq: u64,
-    /// Batches still in the store, oldest first: (seq, rows).
-    retained: VecDeque<(u64, u64)>,
-    retained_rows: u64,
-    window: CountWindow,
+    /// Counters and producers, as stored with every batch.
+    meta: VersionMeta,
+    /// Seed of the record priorities that drive window sampling.
+    seed: u64,
+    /// The version's windows, in configuration order.
+    windows: Vec<Window>,
     /// Collects the warm-up reference while there is none.
     warmup: Option<reference::Builder>,
     reference: Option<Arc<Reference>>,
-    last_report: Option<Report>,
+    /// The version whose windows serve as this one's live reference.
+    live: Option<String>,
+    /// Last report per window name.
+    reports: BTreeMap<String, Report>,
+    /// Live reference hash per window at the last evaluation.
+    live_hashes: BTreeMap<String, String>,
+    /// (source, hash) last exported on `driftd_reference_info`.
+    exported_reference: Option<(String, String)>,
     last_eval_ms: Option<i64>,
     /// State of every rule, by rule name.
     rules: BTreeMap<String, Tracker>,
@@ -149,20 +173,39 @@ pub struct VersionStatus {
     pub records_ingested: u64,
     /// Rows in the reference; 0 while warming up.
     pub reference_records: u64,
-    /// "warmup" or "set_reference"; None without a reference.
+    /// "warmup", "set_reference", "file" or "live"; None without a
+    /// reference.
     pub reference_source: Option<&'static str>,
-    /// Window label.
+    /// Content hash of the reference in force (for a live reference, of
+    /// the first window's at the last evaluation).
+    pub reference_hash: Option<String>,
+    /// The first window's label.
     pub window: String,
-    /// Rows in the window now.
+    /// Rows in the first window now.
     pub window_records: u64,
     /// Time of the last evaluation, ms since the epoch.
     pub last_evaluation_unix_ms: Option<i64>,
     /// Verdict of the last evaluation.
     pub verdict: Verdict,
-    /// Per feature, sorted by name.
+    /// Per feature of the first window, sorted by name.
     pub features: Vec<FeatureStatus>,
+    /// Every window.
+    pub windows: Vec<WindowStatus>,
     /// Rule states.
     pub rules: Vec<RuleStatus>,
+}
+
+/// One window of a version.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WindowStatus {
+    /// The `window` label.
+    pub name: String,
+    /// Rows in the window now.
+    pub records: u64,
+    /// Rows in its sample at the last evaluation.
+    pub sample_rows: u64,
+    /// Per feature, sorted by name.
+    pub features: Vec<FeatureStatus>,
 }
 
 /// One feature's status.
@@ -178,6 +221,9 @@ pub struct FeatureStatus {
     pub window_samples: u64,
     /// Missing values in the window now.
     pub window_missing: u64,
+    /// Values of the window's sample that KS, CvM and Wasserstein used at
+    /// the last evaluation.
+    pub window_sample_size: u64,
     /// Non-missing values in the reference.
     pub reference_samples: u64,
     /// PSI at the last evaluation.
@@ -219,6 +265,8 @@ pub struct RuleStatus {
     pub tripped_features: Vec<String>,
     /// Largest value of the statistic at the last evaluation.
     pub max_value: Option<f64>,
+    /// The window it judges.
+    pub window: String,
 }
 
 /// Restores state from `store` and starts the writer and evaluator tasks on
@@ -226,7 +274,7 @@ pub struct RuleStatus {
 /// every [`Handle`] is gone and the queue is drained.
 ///
 /// # Errors
-/// Fails when the stored state cannot be read.
+/// Fails when stale stored state cannot be deleted.
 // Each argument is a distinct collaborator wired once by `app`; a struct
 // would only rename them.
 #[allow(clippy::too_many_arguments)]
@@ -240,18 +288,11 @@ pub fn start(
     tracker: &TaskTracker,
     cancel: CancellationToken,
 ) -> Result<Handle, store::Error> {
-    let window_name = format!("last_{}", cfg.window_size);
-    let mut versions = BTreeMap::new();
-    for stored in loaded {
-        let key = stored.key.clone();
-        let v = VersionState::restore(stored, &cfg);
-        tracing::info!(model = %key.model, version = %key.version, n_records = v.records_ingested, "Restored model version");
-        versions.insert(key, v);
-    }
+    let versions = restore_all(loaded, &cfg, &store)?;
+    store.flush_blocking()?;
     let shared = Arc::new(Shared {
         state: Mutex::new(versions),
         cfg,
-        window_name,
     });
     let (tx, rx) = mpsc::channel(queue_capacity);
     tracker.spawn(run_writer(
@@ -273,6 +314,34 @@ pub fn start(
     })
 }
 
+/// Rebuilds every version from what the store holds, deleting stored
+/// windows that are no longer configured.
+fn restore_all(
+    loaded: Vec<store::StoredVersion>,
+    cfg: &EngineConfig,
+    store: &Store,
+) -> Result<BTreeMap<ModelKey, VersionState>, store::Error> {
+    let now = cfg.clock.now_ms();
+    let mut versions = BTreeMap::new();
+    for stored in loaded {
+        let key = stored.key.clone();
+        let configured: BTreeSet<&str> = cfg
+            .windows_for(&key.model)
+            .iter()
+            .map(|w| w.name.as_str())
+            .collect();
+        for name in stored.windows.keys() {
+            if !configured.contains(name.as_str()) {
+                store.delete_windows(&key, Some(name))?;
+            }
+        }
+        let v = VersionState::restore(stored, cfg, now);
+        tracing::info!(model = %key.model, version = %key.version, n_records = v.meta.records_ingested, "Restored model version");
+        versions.insert(key, v);
+    }
+    Ok(versions)
+}
+
 impl Handle {
     /// Queues a batch and waits for its acknowledgement: written to the
     /// store and flushed.
@@ -281,10 +350,25 @@ impl Handle {
     /// [`Error::QueueFull`] at once when the queue is full; otherwise the
     /// writer's verdict.
     pub async fn ingest(&self, batch: Batch) -> Result<IngestAck, Error> {
+        self.ingest_from(batch, None).await
+    }
+
+    /// Like [`Handle::ingest`], for an idempotent producer: a sequence
+    /// number at or below the producer's last applied one is acknowledged
+    /// as a duplicate without being applied again.
+    ///
+    /// # Errors
+    /// As [`Handle::ingest`].
+    pub async fn ingest_from(
+        &self,
+        batch: Batch,
+        producer: Option<Producer>,
+    ) -> Result<IngestAck, Error> {
         let (ack, rx) = oneshot::channel();
         self.tx
             .try_send(Command::Ingest {
                 batch,
+                producer,
                 enqueued: Instant::now(),
                 ack,
             })
@@ -295,16 +379,22 @@ impl Handle {
         rx.await.map_err(|_| Error::Draining)?
     }
 
-    /// Like [`Handle::ingest`], but waits for room in the queue instead of
-    /// failing: streams apply backpressure through HTTP/2 flow control.
+    /// Like [`Handle::ingest_from`], but waits for room in the queue
+    /// instead of failing: streams apply backpressure through HTTP/2 flow
+    /// control.
     ///
     /// # Errors
     /// The writer's verdict, or [`Error::Draining`].
-    pub async fn ingest_waiting(&self, batch: Batch) -> Result<IngestAck, Error> {
+    pub async fn ingest_waiting(
+        &self,
+        batch: Batch,
+        producer: Option<Producer>,
+    ) -> Result<IngestAck, Error> {
         let (ack, rx) = oneshot::channel();
         self.tx
             .send(Command::Ingest {
                 batch,
+                producer,
                 enqueued: Instant::now(),
                 ack,
             })
@@ -313,7 +403,10 @@ impl Handle {
         rx.await.map_err(|_| Error::Draining)?
     }
 
-    /// Replaces the reference of `key` with the rows of `batches`.
+    /// Replaces the reference of `key` with the rows of `batches`. A
+    /// reference identical to the one in force (same content hash) changes
+    /// nothing; any other resets the version's windows, which were binned
+    /// against the old one.
     ///
     /// # Errors
     /// As [`Handle::ingest`].
@@ -321,10 +414,16 @@ impl Handle {
         &self,
         key: ModelKey,
         batches: Vec<Batch>,
+        source: reference::Source,
     ) -> Result<ReferenceAck, Error> {
         let (ack, rx) = oneshot::channel();
         self.tx
-            .send(Command::SetReference { key, batches, ack })
+            .send(Command::SetReference {
+                key,
+                batches,
+                source,
+                ack,
+            })
             .await
             .map_err(|_| Error::Draining)?;
         rx.await.map_err(|_| Error::Draining)?
@@ -340,13 +439,27 @@ impl Reader {
     /// Status of `model` (all versions, or only `version`); None when the
     /// model is unknown.
     pub fn status(&self, model: &str, version: Option<&str>) -> Option<Vec<VersionStatus>> {
+        let now = self.shared.cfg.clock.now_ms();
         let state = lock(&self.shared.state);
         let out: Vec<VersionStatus> = state
             .iter()
             .filter(|(k, _)| k.model == model && version.is_none_or(|v| k.version == v))
-            .map(|(k, v)| v.status(k, &self.shared.window_name, &self.shared.cfg.rules))
+            .map(|(k, v)| v.status(k, &self.shared.cfg, now))
             .collect();
         (!out.is_empty()).then_some(out)
+    }
+
+    /// Per version: (key, reference source, reference hash), for the
+    /// reference info metric.
+    pub fn references(&self) -> Vec<(ModelKey, &'static str, String)> {
+        let state = lock(&self.shared.state);
+        state
+            .iter()
+            .filter_map(|(k, v)| {
+                let (source, hash) = v.reference_info()?;
+                Some((k.clone(), source, hash))
+            })
+            .collect()
     }
 }
 
@@ -356,60 +469,131 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 // === impl VersionState ===
 
 impl VersionState {
-    fn new(cfg: &EngineConfig) -> Self {
+    fn new(key: &ModelKey, cfg: &EngineConfig) -> Self {
+        let live = match cfg.source_for(&key.model, &key.version) {
+            Some(SourceKind::Live { version }) if *version != key.version => Some(version.clone()),
+            _ => None,
+        };
+        let seed = window::seed_of(&key.model, &key.version);
+        let windows = cfg
+            .windows_for(&key.model)
+            .iter()
+            .map(|spec| {
+                Window::new(
+                    spec.clone(),
+                    cfg.window_limits,
+                    Arc::new(Binning::default()),
+                    seed,
+                )
+            })
+            .collect();
         Self {
             schema: BTreeMap::new(),
-            records_ingested: 0,
-            next_seq: 0,
-            retained: VecDeque::new(),
-            retained_rows: 0,
-            window: CountWindow::new(cfg.window_size),
-            warmup: Some(reference::Builder::default()),
+            meta: VersionMeta::default(),
+            seed,
+            windows,
+            // A live or file reference never warms up.
+            warmup: match cfg.source_for(&key.model, &key.version) {
+                Some(SourceKind::Live { .. } | SourceKind::File { .. }) => None,
+                _ => Some(reference::Builder::default()),
+            },
             reference: None,
-            last_report: None,
+            live,
+            reports: BTreeMap::new(),
+            live_hashes: BTreeMap::new(),
+            exported_reference: None,
             last_eval_ms: None,
             rules: BTreeMap::new(),
             last_outcomes: Vec::new(),
         }
     }
 
-    fn restore(stored: store::StoredVersion, cfg: &EngineConfig) -> Self {
-        let mut v = Self::new(cfg);
-        if let Some(r) = stored.reference {
-            v.set_reference(Reference::compile(
-                r.source,
-                r.records,
-                r.features,
-                cfg.psi_bins,
-            ));
-        }
+    fn restore(stored: store::StoredVersion, cfg: &EngineConfig, now: i64) -> Self {
+        let mut v = Self::new(&stored.key, cfg);
+        v.meta = stored.meta;
         v.rules = stored.rules;
-        for b in stored.batches {
-            v.apply(&b.batch, cfg);
-            v.records_ingested = b.cumulative_records;
-            v.next_seq = b.seq + 1;
-            v.retained.push_back((b.seq, b.batch.n_rows as u64));
-            v.retained_rows += b.batch.n_rows as u64;
+        let binning = Arc::new(match &stored.reference {
+            Some(r) => r.binning(),
+            None => Binning::default(),
+        });
+        if let Some(r) = stored.reference {
+            v.adopt(r);
+        } else if let Some(builder) = v.warmup.as_mut() {
+            for (_, b) in &stored.raw_batches {
+                let need = cfg.warmup_samples.get() as u64 - builder.records();
+                builder.push(b, need as usize);
+                note_kinds(&mut v.schema, b);
+            }
+        }
+        let total = v.meta.records_ingested;
+        let mut stored_windows = stored.windows;
+        for w in &mut v.windows {
+            let spec = w.spec().clone();
+            let buckets = stored_windows
+                .remove(&spec.name)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|(id, b)| {
+                    window::Bucket::rebuild(b.whole, b.deltas.into_iter().map(|(_, d)| d), b.tau)
+                        .map(|b| (id, b))
+                })
+                .collect::<BTreeMap<_, _>>();
+            for b in buckets.values() {
+                for (name, a) in &b.features {
+                    let kind = match a.data {
+                        window::AggData::Numeric { .. } => Kind::Numeric,
+                        window::AggData::Categorical { .. } => Kind::Categorical,
+                    };
+                    v.schema.entry(name.clone()).or_insert(kind);
+                }
+            }
+            *w = Window::restore(spec, cfg.window_limits, binning.clone(), v.seed, buckets);
+            w.expire(now, total);
         }
         v
     }
 
-    fn set_reference(&mut self, r: Reference) {
+    /// Makes `r` the reference in force (windows are the caller's
+    /// business).
+    fn adopt(&mut self, r: Reference) {
         for (name, f) in &r.features {
-            self.schema.entry(name.clone()).or_insert(f.kind());
+            self.schema.insert(name.clone(), f.kind());
         }
         self.reference = Some(Arc::new(r));
         self.warmup = None;
+    }
+
+    /// Empties every window and bins from now on against the reference in
+    /// force.
+    fn reset_windows(&mut self, cfg: &EngineConfig) {
+        let binning = Arc::new(
+            self.reference
+                .as_ref()
+                .map(|r| r.binning())
+                .unwrap_or_default(),
+        );
+        for w in &mut self.windows {
+            *w = Window::new(
+                w.spec().clone(),
+                cfg.window_limits,
+                binning.clone(),
+                self.seed,
+            );
+        }
+        self.reports.clear();
+    }
+
+    fn reference_info(&self) -> Option<(&'static str, String)> {
+        if self.live.is_some() {
+            let first = self.windows.first()?.spec().name.as_str();
+            return Some(("live", self.live_hashes.get(first)?.clone()));
+        }
+        self.reference
+            .as_ref()
+            .map(|r| (r.source.as_str(), r.hash.clone()))
     }
 
     /// Checks the batch against the established feature kinds.
@@ -429,79 +613,40 @@ impl VersionState {
         Ok(())
     }
 
-    /// Applies a checked batch to the window and the warm-up reference.
-    fn apply(&mut self, batch: &Batch, cfg: &EngineConfig) {
-        for col in &batch.columns {
-            self.schema
-                .entry(col.name.clone())
-                .or_insert(col.values.kind());
-        }
-        self.window.push(batch);
-        if let Some(builder) = self.warmup.as_mut() {
-            let need = cfg.warmup_samples.get() as u64 - builder.records();
-            builder.push(batch, need as usize);
-            if builder.records() >= cfg.warmup_samples.get() as u64 {
-                if let Some(b) = self.warmup.take() {
-                    self.reference =
-                        Some(Arc::new(b.build(reference::Source::Warmup, cfg.psi_bins)));
-                }
-            }
-        }
-        self.records_ingested += batch.n_rows as u64;
-    }
-
-    fn status(
-        &self,
-        key: &ModelKey,
-        window_name: &str,
-        cfg_rules: &[rules::Rule],
-    ) -> VersionStatus {
-        let counts = self.window.counts();
-        let reports: BTreeMap<&str, &detector::FeatureReport> = self
-            .last_report
+    fn status(&self, key: &ModelKey, cfg: &EngineConfig, now: i64) -> VersionStatus {
+        let total = self.meta.records_ingested;
+        let windows: Vec<WindowStatus> = self
+            .windows
             .iter()
-            .flat_map(|r| r.features.iter().map(|f| (f.name.as_str(), f)))
-            .collect();
-        let snapshot_roles = self.window.roles();
-        let names: BTreeSet<&str> = self.schema.keys().map(String::as_str).collect();
-        let features = names
-            .into_iter()
-            .map(|name| {
-                let rf = self.reference.as_ref().and_then(|r| r.features.get(name));
-                let rep = reports.get(name);
-                let (window_samples, window_missing) = counts.get(name).copied().unwrap_or((0, 0));
-                FeatureStatus {
-                    name: name.to_string(),
-                    role: snapshot_roles
-                        .get(name)
-                        .copied()
-                        .or(rf.map(|f| f.role))
-                        .unwrap_or(Role::Input),
-                    kind: self.schema.get(name).copied().unwrap_or(Kind::Numeric),
-                    window_samples,
-                    window_missing,
-                    reference_samples: rf.map(|f| f.n()).unwrap_or(0),
-                    psi: rep.and_then(|r| r.psi),
-                    ks_statistic: rep.and_then(|r| r.ks.map(|k| k.statistic)),
-                    ks_pvalue: rep.and_then(|r| r.ks.map(|k| k.pvalue)),
-                    chi2_statistic: rep.and_then(|r| r.chi2.map(|c| c.statistic)),
-                    chi2_pvalue: rep.and_then(|r| r.chi2.map(|c| c.pvalue)),
-                    verdict: rep.map(|r| r.verdict).unwrap_or(Verdict::InsufficientData),
+            .map(|w| {
+                let report = self.reports.get(&w.spec().name);
+                WindowStatus {
+                    name: w.spec().name.clone(),
+                    records: w.records(now, total),
+                    sample_rows: report.map(|r| r.sample_rows).unwrap_or(0),
+                    features: self.feature_status(&w.counts(now, total), report),
                 }
             })
             .collect();
+        let first = windows.first();
+        let (source, hash) = match self.reference_info() {
+            Some((s, h)) => (Some(s), Some(h)),
+            None => (self.live.as_ref().map(|_| "live"), None),
+        };
         VersionStatus {
             model: key.model.clone(),
             version: key.version.clone(),
-            records_ingested: self.records_ingested,
+            records_ingested: total,
             reference_records: self.reference.as_ref().map(|r| r.records).unwrap_or(0),
-            reference_source: self.reference.as_ref().map(|r| r.source.as_str()),
-            window: window_name.to_string(),
-            window_records: self.window.records(),
+            reference_source: source,
+            reference_hash: hash,
+            window: first.map(|w| w.name.clone()).unwrap_or_default(),
+            window_records: first.map(|w| w.records).unwrap_or(0),
             last_evaluation_unix_ms: self.last_eval_ms,
             verdict: combine_verdicts(&self.last_outcomes),
-            features,
-            rules: cfg_rules
+            features: first.map(|w| w.features.clone()).unwrap_or_default(),
+            rules: cfg
+                .rules
                 .iter()
                 .filter(|r| r.applies_to(&key.model))
                 .map(|r| {
@@ -522,11 +667,70 @@ impl VersionState {
                             .unwrap_or_default(),
                         max_value: o
                             .and_then(|o| o.values.iter().map(|v| v.value).reduce(f64::max)),
+                        window: rule_window(r, &self.windows).to_string(),
                     }
                 })
                 .collect(),
+            windows,
         }
     }
+
+    fn feature_status(
+        &self,
+        counts: &BTreeMap<String, (u64, u64, Role)>,
+        report: Option<&Report>,
+    ) -> Vec<FeatureStatus> {
+        let reports: BTreeMap<&str, &detector::FeatureReport> = report
+            .iter()
+            .flat_map(|r| r.features.iter().map(|f| (f.name.as_str(), f)))
+            .collect();
+        self.schema
+            .iter()
+            .map(|(name, kind)| {
+                let rf = self.reference.as_ref().and_then(|r| r.features.get(name));
+                let rep = reports.get(name.as_str());
+                let (window_samples, window_missing, role) = match counts.get(name) {
+                    Some(&(n, m, role)) => (n, m, Some(role)),
+                    None => (0, 0, None),
+                };
+                FeatureStatus {
+                    name: name.clone(),
+                    role: role
+                        .or(rep.map(|r| r.role))
+                        .or(rf.map(|f| f.role))
+                        .unwrap_or(Role::Input),
+                    kind: *kind,
+                    window_samples,
+                    window_missing,
+                    window_sample_size: rep.map(|r| r.window_sample_size).unwrap_or(0),
+                    reference_samples: rep
+                        .map(|r| r.reference_samples)
+                        .or(rf.map(|f| f.n()))
+                        .unwrap_or(0),
+                    psi: rep.and_then(|r| r.psi),
+                    ks_statistic: rep.and_then(|r| r.ks.map(|k| k.statistic)),
+                    ks_pvalue: rep.and_then(|r| r.ks.map(|k| k.pvalue)),
+                    chi2_statistic: rep.and_then(|r| r.chi2.map(|c| c.statistic)),
+                    chi2_pvalue: rep.and_then(|r| r.chi2.map(|c| c.pvalue)),
+                    verdict: rep.map(|r| r.verdict).unwrap_or(Verdict::InsufficientData),
+                }
+            })
+            .collect()
+    }
+}
+
+fn note_kinds(schema: &mut BTreeMap<String, Kind>, batch: &Batch) {
+    for col in &batch.columns {
+        schema.entry(col.name.clone()).or_insert(col.values.kind());
+    }
+}
+
+/// The window a rule judges: its own, or the version's first.
+fn rule_window<'a>(rule: &'a rules::Rule, windows: &'a [Window]) -> &'a str {
+    rule.window
+        .as_deref()
+        .or(windows.first().map(|w| w.spec().name.as_str()))
+        .unwrap_or("")
 }
 
 // === writer ===
@@ -537,6 +741,7 @@ async fn run_writer(
     metrics: Metrics,
     mut rx: mpsc::Receiver<Command>,
 ) {
+    let mut last_recovery: Option<Instant> = None;
     while let Some(first) = rx.recv().await {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -546,6 +751,9 @@ async fn run_writer(
             }
         }
         metrics.ingest_queue_depth.set(rx.len() as i64);
+        if store.is_failed() {
+            recover(&shared, &store, &metrics, &mut last_recovery);
+        }
         let mut ingest_acks = Vec::new();
         let mut reference_acks = Vec::new();
         {
@@ -554,16 +762,35 @@ async fn run_writer(
                 match cmd {
                     Command::Ingest {
                         batch,
+                        producer,
                         enqueued,
                         ack,
-                    } => match write_batch(&mut state, &shared.cfg, &store, &batch) {
+                    } => match write_batch(
+                        &mut state,
+                        &shared.cfg,
+                        &store,
+                        &batch,
+                        producer.as_ref(),
+                    ) {
                         Ok(a) => ingest_acks.push((ack, a, enqueued, batch)),
                         Err(e) => {
                             let _ = ack.send(Err(e));
                         }
                     },
-                    Command::SetReference { key, batches, ack } => {
-                        match write_reference(&mut state, &shared.cfg, &store, key, &batches) {
+                    Command::SetReference {
+                        key,
+                        batches,
+                        source,
+                        ack,
+                    } => {
+                        match write_reference(
+                            &mut state,
+                            &shared.cfg,
+                            &store,
+                            key,
+                            &batches,
+                            source,
+                        ) {
                             Ok(a) => reference_acks.push((ack, a)),
                             Err(e) => {
                                 let _ = ack.send(Err(e));
@@ -581,7 +808,9 @@ async fn run_writer(
             Ok(elapsed) => {
                 metrics.store_flush_duration.observe(elapsed.as_secs_f64());
                 for (ack, a, enqueued, batch) in ingest_acks {
-                    count_ingest(&metrics, &batch);
+                    if !a.duplicate {
+                        count_ingest(&metrics, &batch);
+                    }
                     metrics
                         .ingest_ack_duration
                         .observe(enqueued.elapsed().as_secs_f64());
@@ -613,6 +842,31 @@ async fn run_writer(
     tracing::info!("Ingest writer stopped");
 }
 
+/// After a failed write or flush: reopens the store (at most once a second)
+/// and replaces the in-memory state by what is durable, so that batches
+/// applied in memory but never acknowledged are forgotten.
+fn recover(shared: &Shared, store: &Store, metrics: &Metrics, last: &mut Option<Instant>) {
+    if last.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1)) {
+        return;
+    }
+    *last = Some(Instant::now());
+    match store.recover() {
+        Ok(loaded) => match restore_all(loaded, &shared.cfg, store) {
+            Ok(versions) => {
+                *lock(&shared.state) = versions;
+                metrics.store_recoveries.inc();
+                tracing::warn!(path = %store.path().display(), "Store reopened after a failure; state reloaded from disk");
+            }
+            Err(error) => {
+                tracing::error!(error = %error, "Reloading the reopened store failed");
+            }
+        },
+        Err(error) => {
+            tracing::warn!(error = %error, "Store still unavailable");
+        }
+    }
+}
+
 fn count_ingest(metrics: &Metrics, batch: &Batch) {
     let labels = [batch.key.model.as_str(), batch.key.version.as_str()];
     metrics
@@ -637,48 +891,102 @@ fn write_batch(
     cfg: &EngineConfig,
     store: &Store,
     batch: &Batch,
+    producer: Option<&Producer>,
 ) -> Result<IngestAck, Error> {
     let v = state
         .entry(batch.key.clone())
-        .or_insert_with(|| VersionState::new(cfg));
+        .or_insert_with(|| VersionState::new(&batch.key, cfg));
+    if let Some(p) = producer {
+        if v.meta
+            .producers
+            .get(&p.id)
+            .is_some_and(|&last| p.sequence <= last)
+        {
+            return Ok(IngestAck {
+                records: batch.n_rows as u64,
+                missing_values: batch.n_missing(),
+                duplicate: true,
+            });
+        }
+    }
     v.check(batch)?;
-    let seq = v.next_seq;
-    let cumulative_records = v.records_ingested + batch.n_rows as u64;
-    store.put_batch(&StoredBatch {
-        seq,
-        cumulative_records,
-        batch: batch.clone(),
-    })?;
-    v.next_seq += 1;
-    let had_reference = v.reference.is_some();
-    v.apply(batch, cfg);
-    if let (false, Some(r)) = (had_reference, v.reference.as_deref()) {
-        // The warm-up just completed: persist the reference before the
-        // batches it was built from can be deleted below.
-        store.put_reference(&batch.key, &stored_reference(r))?;
-        tracing::info!(model = %batch.key.model, version = %batch.key.version, n_records = r.records, "Warm-up reference formed");
-    }
-    v.retained.push_back((seq, batch.n_rows as u64));
-    v.retained_rows += batch.n_rows as u64;
-    // Batches wholly older than the window are no longer needed once the
-    // reference exists (before that, they rebuild the warm-up reference).
-    if v.reference.is_some() {
-        let mut delete_before = None;
-        while let Some(&(seq, rows)) = v.retained.front() {
-            if v.retained_rows - rows < cfg.window_size.get() as u64 {
-                break;
+    let now = cfg.clock.now_ms();
+    let first_row = v.meta.records_ingested;
+    // Rows already in the warm-up reference do not enter the windows that
+    // will be compared with it.
+    let mut skip = 0;
+    let mut reset = false;
+    let stored_raw = v.warmup.is_some();
+    if let Some(builder) = v.warmup.as_mut() {
+        let need = cfg.warmup_samples.get() - builder.records() as usize;
+        store.put_raw_batch(&batch.key, v.meta.next_raw_seq, batch)?;
+        builder.push(batch, need);
+        if builder.records() >= cfg.warmup_samples.get() as u64 {
+            if let Some(b) = v.warmup.take() {
+                let r = b.build(reference::Source::Warmup, cfg.reference);
+                // The reference lands before the raw batches it was built
+                // from are deleted.
+                store.put_reference(&batch.key, &r)?;
+                store.delete_raw_batches(&batch.key)?;
+                store.delete_windows(&batch.key, None)?;
+                tracing::info!(model = %batch.key.model, version = %batch.key.version, n_records = r.records, hash = %r.hash, "Warm-up reference formed");
+                v.adopt(r);
+                reset = true;
+                skip = need.min(batch.n_rows);
             }
-            v.retained.pop_front();
-            v.retained_rows -= rows;
-            delete_before = Some(seq + 1);
-        }
-        if let Some(before) = delete_before {
-            store.delete_batches_before(&batch.key, before)?;
         }
     }
+    if reset {
+        v.reset_windows(cfg);
+    }
+    note_kinds(&mut v.schema, batch);
+    let mut meta = v.meta.clone();
+    meta.records_ingested += batch.n_rows as u64;
+    if stored_raw {
+        meta.next_raw_seq += 1;
+    }
+    if let Some(p) = producer {
+        meta.producers.insert(p.id.clone(), p.sequence);
+        while meta.producers.len() > MAX_PRODUCERS {
+            let oldest = meta
+                .producers
+                .iter()
+                .min_by_key(|(_, &s)| s)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                meta.producers.remove(&k);
+            }
+        }
+    }
+    let mut commit = Commit::default();
+    for w in &mut v.windows {
+        let mut ch = Changes::default();
+        w.apply(batch, skip, now, first_row + skip as u64, &mut ch);
+        let name = &w.spec().name;
+        commit.deltas.extend(
+            ch.deltas
+                .into_iter()
+                .map(|(b, part, d)| (name.clone(), b, part, d)),
+        );
+        commit
+            .taus
+            .extend(ch.pruned.into_iter().map(|(b, t)| (name.clone(), b, t)));
+        for id in ch.closed {
+            if let Some(b) = w.bucket(id) {
+                commit.wholes.push((name.clone(), id, b.clone()));
+            }
+        }
+        commit
+            .removed
+            .extend(ch.removed.into_iter().map(|b| (name.clone(), b)));
+    }
+    commit.meta = meta.clone();
+    store.commit(&batch.key, &commit)?;
+    v.meta = meta;
     Ok(IngestAck {
         records: batch.n_rows as u64,
         missing_values: batch.n_missing(),
+        duplicate: false,
     })
 }
 
@@ -688,10 +996,11 @@ fn write_reference(
     store: &Store,
     key: ModelKey,
     batches: &[Batch],
+    source: reference::Source,
 ) -> Result<ReferenceAck, Error> {
     let v = state
         .entry(key.clone())
-        .or_insert_with(|| VersionState::new(cfg));
+        .or_insert_with(|| VersionState::new(&key, cfg));
     // The reference must agree with itself; against the live schema it may
     // differ, because a new reference can legitimately change a feature.
     let mut kinds: BTreeMap<&str, Kind> = BTreeMap::new();
@@ -712,30 +1021,24 @@ fn write_reference(
     for b in batches {
         builder.push(b, b.n_rows);
     }
-    let r = builder.build(reference::Source::SetReference, cfg.psi_bins);
-    store.put_reference(&key, &stored_reference(&r))?;
+    let r = builder.build(source, cfg.reference);
     let ack = ReferenceAck {
         records: r.records,
         features: r.features.len() as u32,
     };
-    for (name, f) in &r.features {
-        v.schema.insert(name.clone(), f.kind());
+    if v.reference.as_ref().is_some_and(|old| old.hash == r.hash) {
+        // The same content again (a file reference at every start): keep
+        // the windows.
+        return Ok(ack);
     }
-    v.set_reference(r);
-    tracing::info!(model = %key.model, version = %key.version, n_records = ack.records, "Reference replaced");
+    store.put_reference(&key, &r)?;
+    store.delete_raw_batches(&key)?;
+    store.delete_windows(&key, None)?;
+    tracing::info!(model = %key.model, version = %key.version, n_records = ack.records, source = r.source.as_str(), hash = %r.hash, "Reference replaced");
+    v.schema.clear();
+    v.adopt(r);
+    v.reset_windows(cfg);
     Ok(ack)
-}
-
-fn stored_reference(r: &Reference) -> StoredReference {
-    StoredReference {
-        source: r.source,
-        records: r.records,
-        features: r
-            .features
-            .iter()
-            .map(|(n, f)| (n.clone(), (f.role, f.raw.clone())))
-            .collect(),
-    }
 }
 
 /// drift if any rule's verdict is drift; ok if any is ok; otherwise
@@ -783,38 +1086,52 @@ async fn evaluate_all(
     webhooks: &webhook::Outbox,
 ) {
     let started = Instant::now();
-    let work: Vec<(ModelKey, Option<Arc<Reference>>, CountWindow)> = {
+    let now = shared.cfg.clock.now_ms();
+    // Under the lock: copies of the live buckets only; everything costly
+    // (merging samples, sorting, statistics) runs on a blocking thread.
+    let work: Vec<Work> = {
         let state = lock(&shared.state);
         state
             .iter()
-            .map(|(k, v)| (k.clone(), v.reference.clone(), v.window.clone()))
+            .map(|(k, v)| {
+                let total = v.meta.records_ingested;
+                let windows = v
+                    .windows
+                    .iter()
+                    .map(|w| {
+                        let name = w.spec().name.clone();
+                        let reference = match &v.live {
+                            None => RefSrc::Fixed(v.reference.clone()),
+                            Some(lv) => RefSrc::Live(
+                                state
+                                    .get(&ModelKey {
+                                        model: k.model.clone(),
+                                        version: lv.clone(),
+                                    })
+                                    .and_then(|o| {
+                                        let t = o.meta.records_ingested;
+                                        o.windows
+                                            .iter()
+                                            .find(|ow| ow.spec().name == name)
+                                            .map(|ow| (ow.live_copy(now, t), t))
+                                    }),
+                            ),
+                        };
+                        (name, w.live_copy(now, total), reference)
+                    })
+                    .collect();
+                Work {
+                    key: k.clone(),
+                    total,
+                    windows,
+                }
+            })
             .collect()
     };
     let cfg = shared.cfg.clone();
     let reports = tokio::task::spawn_blocking(move || {
         work.into_iter()
-            .map(|(k, r, w)| {
-                let mut report = detector::evaluate(r.as_deref(), &w.snapshot(), &cfg);
-                let outcomes: Vec<Outcome> = cfg
-                    .rules
-                    .iter()
-                    .filter(|rule| rule.applies_to(&k.model))
-                    .map(|rule| rule.evaluate(&report))
-                    .collect();
-                for f in &mut report.features {
-                    let tripped = outcomes
-                        .iter()
-                        .any(|o| o.tripped().any(|v| v.feature == f.name));
-                    f.verdict = if tripped {
-                        Verdict::Drift
-                    } else if f.sufficient {
-                        Verdict::Ok
-                    } else {
-                        Verdict::InsufficientData
-                    };
-                }
-                (k, report, outcomes)
-            })
+            .map(|w| evaluate_version(w, &cfg, now))
             .collect::<Vec<_>>()
     })
     .await;
@@ -825,35 +1142,60 @@ async fn evaluate_all(
             return;
         }
     };
-    let now = now_ms();
     let mut events = Vec::new();
     let mut rules_changed = false;
     {
         let mut state = lock(&shared.state);
-        for (key, report, outcomes) in reports {
+        for done in reports {
+            let Evaluated {
+                key,
+                windows,
+                outcomes,
+            } = done;
             let Some(v) = state.get_mut(&key) else {
                 continue;
             };
-            export(
-                metrics,
-                &key,
-                &shared.window_name,
-                &report,
-                v.reference.as_deref(),
-                shared.cfg.max_features_per_model,
-            );
+            let records: BTreeMap<&str, u64> = v
+                .windows
+                .iter()
+                .map(|w| {
+                    (
+                        w.spec().name.as_str(),
+                        w.records(now, v.meta.records_ingested),
+                    )
+                })
+                .collect();
+            for (name, n) in records {
+                metrics
+                    .window_records
+                    .with_label_values(&[&key.model, &key.version, name])
+                    .set(n as i64);
+            }
+            for (name, report, reference) in &windows {
+                export(
+                    metrics,
+                    &key,
+                    name,
+                    report,
+                    reference.as_deref(),
+                    shared.cfg.max_features_per_model,
+                );
+            }
+            let window_of = |rule: &rules::Rule| rule_window(rule, &v.windows).to_string();
             let verdict = combine_verdicts(&outcomes);
             metrics
                 .evaluations
                 .with_label_values(&[&key.model, &key.version, verdict.as_str()])
                 .inc();
-            for (rule, outcome) in shared
+            let judged: Vec<(&rules::Rule, String)> = shared
                 .cfg
                 .rules
                 .iter()
                 .filter(|r| r.applies_to(&key.model))
-                .zip(&outcomes)
-            {
+                .map(|r| (r, window_of(r)))
+                .collect();
+            for ((rule, wname), outcome) in judged.iter().zip(&outcomes) {
+                let report = windows.iter().find(|(n, ..)| n == wname).map(|w| &w.1);
                 let t = v.rules.entry(rule.name.clone()).or_default();
                 let before = *t;
                 let transition = t.observe(
@@ -885,13 +1227,11 @@ async fn evaluate_all(
                         .set(i64::from(after.state() == st));
                 }
                 if let Some(mut event) =
-                    make_event(&key, shared, rule, outcome, transition, before, after, now)
+                    make_event(&key, wname, rule, outcome, transition, before, after, now)
                 {
                     for f in &mut event.features {
                         f.window_samples = report
-                            .features
-                            .iter()
-                            .find(|r| r.name == f.feature)
+                            .and_then(|r| r.features.iter().find(|r| r.name == f.feature))
                             .map(|r| r.window_samples)
                             .unwrap_or(0);
                     }
@@ -899,9 +1239,34 @@ async fn evaluate_all(
                     events.push(event);
                 }
             }
-            v.last_report = Some(report);
+            v.live_hashes.clear();
+            v.reports.clear();
+            for (name, report, reference) in windows {
+                if let (Some(r), true) = (reference, v.live.is_some()) {
+                    v.live_hashes.insert(name.clone(), r.hash.clone());
+                }
+                v.reports.insert(name, report);
+            }
             v.last_outcomes = outcomes;
             v.last_eval_ms = Some(now);
+            let info = v.reference_info().map(|(s, h)| (s.to_string(), h));
+            if info != v.exported_reference {
+                if let Some((s, h)) = v.exported_reference.take() {
+                    let _ = metrics.reference_info.remove_label_values(&[
+                        &key.model,
+                        &key.version,
+                        &s,
+                        &h,
+                    ]);
+                }
+                if let Some((s, h)) = &info {
+                    metrics
+                        .reference_info
+                        .with_label_values(&[&key.model, &key.version, s, h])
+                        .set(1);
+                }
+                v.exported_reference = info;
+            }
         }
     }
     // Events enter the durable outbox together with the rule states that
@@ -924,6 +1289,95 @@ async fn evaluate_all(
     metrics
         .evaluation_duration
         .observe(started.elapsed().as_secs_f64());
+}
+
+/// Copies of one version's windows and references, taken under the lock.
+struct Work {
+    key: ModelKey,
+    total: u64,
+    /// (window name, live buckets, reference).
+    windows: Vec<(String, Window, RefSrc)>,
+}
+
+/// What a window is compared with.
+enum RefSrc {
+    /// The version's own reference, if formed.
+    Fixed(Option<Arc<Reference>>),
+    /// The same window of another version, and that version's record count.
+    Live(Option<(Window, u64)>),
+}
+
+/// One version's evaluation.
+struct Evaluated {
+    key: ModelKey,
+    /// (window name, report, the reference it was compared with).
+    windows: Vec<(String, Report, Option<Arc<Reference>>)>,
+    /// Per applicable rule, in configuration order.
+    outcomes: Vec<Outcome>,
+}
+
+/// Statistics of every window, then every rule on the window it judges;
+/// runs off the lock.
+fn evaluate_version(w: Work, cfg: &EngineConfig, now: i64) -> Evaluated {
+    let mut windows: Vec<(String, Report, Option<Arc<Reference>>)> = w
+        .windows
+        .into_iter()
+        .map(|(name, win, src)| {
+            let reference = match src {
+                RefSrc::Fixed(r) => r,
+                RefSrc::Live(other) => other.map(|(ow, total)| {
+                    Arc::new(Reference::from_snapshot(
+                        &ow.snapshot(now, total),
+                        cfg.reference,
+                    ))
+                }),
+            };
+            let snap: Snapshot = win.snapshot(now, w.total);
+            let report = detector::evaluate(reference.as_deref(), &snap, cfg);
+            (name, report, reference)
+        })
+        .collect();
+    let first = windows.first().map(|x| x.0.clone()).unwrap_or_default();
+    let empty = Report {
+        features: Vec::new(),
+        sample_rows: 0,
+    };
+    let judged: Vec<(&rules::Rule, String)> = cfg
+        .rules
+        .iter()
+        .filter(|rule| rule.applies_to(&w.key.model))
+        .map(|rule| (rule, rule.window.clone().unwrap_or_else(|| first.clone())))
+        .collect();
+    let outcomes: Vec<Outcome> = judged
+        .iter()
+        .map(|(rule, wname)| {
+            let report = windows
+                .iter()
+                .find(|(n, ..)| n == wname)
+                .map_or(&empty, |x| &x.1);
+            rule.evaluate(report)
+        })
+        .collect();
+    for (name, report, _) in &mut windows {
+        for f in &mut report.features {
+            let tripped = judged
+                .iter()
+                .zip(&outcomes)
+                .any(|((_, wname), o)| wname == name && o.tripped().any(|v| v.feature == f.name));
+            f.verdict = if tripped {
+                Verdict::Drift
+            } else if f.sufficient {
+                Verdict::Ok
+            } else {
+                Verdict::InsufficientData
+            };
+        }
+    }
+    Evaluated {
+        key: w.key,
+        windows,
+        outcomes,
+    }
 }
 
 fn export(
@@ -962,18 +1416,30 @@ fn export(
         }
         // Counts over the reference bins for the fleet-wide recording rules;
         // without them (categorical, no reference) the bin series go away.
-        let rf = reference.and_then(|r| r.features.get(&f.name));
+        let (edges, ref_bins) = match reference.and_then(|r| r.features.get(&f.name)) {
+            Some(FeatureReference {
+                data: RefData::Numeric {
+                    edges, bin_counts, ..
+                },
+                ..
+            }) => (&edges[..], &bin_counts[..]),
+            _ => (&[][..], &[][..]),
+        };
         metrics.export_bins(
             key,
             &f.name,
             window,
             crate::metrics::BinCounts {
-                edges: rf.map_or(&[][..], |r| &r.edges),
-                reference: rf.map_or(&[][..], |r| &r.bin_counts),
+                edges,
+                reference: ref_bins,
                 window: &f.cur_bin_counts,
                 window_sum: f.cur_sum,
             },
         );
+        metrics
+            .window_sample_size
+            .with_label_values(&labels)
+            .set(f.window_sample_size as i64);
         // Statistics of an insufficient window are not exported at all:
         // a stale or NaN value must not keep an alert firing.
         metrics.clear_feature_stats(key, &f.name, window);
@@ -1008,7 +1474,7 @@ fn rfc3339(ms: i64) -> String {
 #[allow(clippy::too_many_arguments)] // One call site; a struct would only rename the arguments.
 fn make_event(
     key: &ModelKey,
-    shared: &Shared,
+    window: &str,
     rule: &rules::Rule,
     outcome: &Outcome,
     transition: Transition,
@@ -1065,7 +1531,7 @@ fn make_event(
         severity: rule.severity.clone(),
         verdict: outcome.verdict.as_str().to_string(),
         summary,
-        window: shared.window_name.clone(),
+        window: window.to_string(),
         features,
         started_at: rfc3339(started_ms),
         resolved_at: (kind == webhook::EventKind::Resolved).then(|| rfc3339(now)),

@@ -217,6 +217,14 @@ pub struct Metrics {
     pub store_quarantined: IntCounter,
     /// `driftd_store_size_bytes`.
     pub store_size: Gauge,
+    /// `driftd_store_recoveries_total`.
+    pub store_recoveries: IntCounter,
+    /// `driftd_reference_info`.
+    pub reference_info: IntGaugeVec,
+    /// `driftd_window_records`.
+    pub window_records: IntGaugeVec,
+    /// `driftd_window_sample_size`.
+    pub window_sample_size: IntGaugeVec,
     /// `driftd_build_info`.
     pub build_info: IntGaugeVec,
     /// `driftd_webhook_attempts_total`.
@@ -428,6 +436,32 @@ impl Metrics {
                     .expect("unique metric");
                 g
             },
+            store_recoveries: {
+                let c = IntCounter::new(
+                    "store_recoveries_total",
+                    "Times the store was reopened after a failed write or flush (disk full)",
+                )
+                .expect("valid counter");
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("unique metric");
+                c
+            },
+            reference_info: int_gauge_vec(
+                "reference_info",
+                "Always 1 for the reference in force; labels name its source and content hash",
+                &["model", "version", "source", "hash"],
+            ),
+            window_records: int_gauge_vec(
+                "window_records",
+                "Records in a window at the last evaluation",
+                &["model", "version", "window"],
+            ),
+            window_sample_size: int_gauge_vec(
+                "window_sample_size",
+                "Values of a window's sample used by KS, Cramér-von Mises and Wasserstein",
+                FEATURE_LABELS,
+            ),
             build_info: int_gauge_vec(
                 "build_info",
                 "Always 1; labels carry the driftd version",

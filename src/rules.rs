@@ -188,6 +188,8 @@ pub struct Rule {
     pub severity: String,
     /// Webhook target names; empty: all targets.
     pub webhooks: Vec<String>,
+    /// The window it judges; None: the model's first window.
+    pub window: Option<String>,
 }
 
 /// One feature's value under a rule.

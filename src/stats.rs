@@ -74,7 +74,7 @@ pub use hellinger::hellinger;
 pub use js::js_distance;
 pub use ks::{ks_2samp, kstwo_sf, KsMethod, KsResult};
 pub use psi::psi;
-pub use wasserstein::{wasserstein, wasserstein_norm};
+pub use wasserstein::{std_ddof1, wasserstein, wasserstein_norm};
 
 /// Default number of quantile bins for numeric features.
 pub const DEFAULT_BINS: usize = 10;

@@ -1,31 +1,65 @@
-//! Durable state in sled: the batch log that rebuilds windows and warm-up
-//! references, compiled references, and rule states. This is the only module
-//! that imports sled; everything above it sees [`Store`] and domain types.
+//! Durable state: per model version its counters, window buckets, compiled
+//! reference, rule states and idempotent-producer positions, plus the
+//! webhook outbox. [`Store`] is the typed layer the engine and the webhook
+//! sender use; underneath it sits a [`Backend`], a small key-value
+//! interface (named trees, ordered keys, atomic multi-key writes per tree,
+//! flush) that sled implements here and any ordered store could implement.
+//! This is the only module that imports sled.
 //!
-//! Layout: a few trees by purpose (`meta`, `batches`, `references`,
-//! `rules`), never one tree per model. Keys start with the model version as
-//! `model \0 version \0` (names cannot contain NUL), followed by big-endian
-//! integers so that sled's byte order is numeric order. Values use a small
-//! hand-written binary encoding, versioned by [`SCHEMA_VERSION`].
+//! Layout: a few trees by purpose (`meta`, `batches`, `windows`,
+//! `references`, `rules`, `outbox`), never one tree per model.
+//! Keys start with the model version as `model \0 version \0` (names cannot
+//! contain NUL), followed by names and big-endian integers so that byte
+//! order is numeric order. Values are postcard (serde) or a small
+//! hand-written encoding, versioned by [`SCHEMA_VERSION`].
+//!
+//! - `meta`: the schema version and small metadata.
+//! - `batches`: `<version><seq>`: raw batches of a version still warming
+//!   up (deleted once its reference forms).
+//! - `windows`: `<version><window>\0<bucket><part>`: a bucket's delta per
+//!   batch (`part` = the batch's first record index) and, once the bucket
+//!   closes or is pruned, its whole state (`part` = `u64::MAX`); and
+//!   `<version>\x01meta`: the version's counters and idempotent producers'
+//!   positions. Everything one batch changes is one atomic write, and at
+//!   load only deltas below the stored record count are used.
+//! - `references`, `rules`, `outbox`: one entry per version, rule, event.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
+    fmt,
     path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, RwLock,
+    },
     time::{Duration, Instant},
 };
+
+use serde::{Deserialize, Serialize};
 
 use crate::{
     config::StoreConfig,
     domain::{Batch, Column, ModelKey, Role, Values},
-    reference::{RawFeature, Source},
+    reference::Reference,
     rules::Tracker,
+    window::Bucket,
 };
 
 /// On-disk format version, checked at open. Bump it whenever an encoding or
 /// key layout below changes.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 const SCHEMA_KEY: &[u8] = b"schema_version";
+
+/// The `part` of a bucket's whole state in the `windows` tree.
+const WHOLE: u64 = u64::MAX;
+
+/// The `part` of a bucket's threshold after a pruning.
+const TAU: u64 = u64::MAX - 1;
+
+/// After the version prefix in the `windows` tree: the version's counters.
+/// Window names cannot contain byte 1, so this never meets a bucket key.
+const META_SUFFIX: &[u8] = b"\x01meta";
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
@@ -51,9 +85,9 @@ pub enum Error {
         found: u32,
     },
     /// A read, write or flush failed.
-    #[error("store {op} failed")]
+    #[error("store {op} failed: {source}")]
     Io {
-        /// The operation, e.g. "write batch" or "flush".
+        /// The operation, e.g. "write" or "flush".
         op: &'static str,
         /// sled's error.
         #[source]
@@ -74,6 +108,10 @@ pub enum Error {
         /// The panic message.
         message: String,
     },
+    /// An earlier write or flush failed; nothing is written until the store
+    /// has been reopened.
+    #[error("store is unavailable after a failed write ({0}); retrying")]
+    Failed(String),
 }
 
 impl Error {
@@ -91,56 +129,322 @@ impl Error {
                 source,
                 sled::Error::Corruption { .. } | sled::Error::ReportableBug(_)
             ),
-            Error::Schema { .. } => false,
+            Error::Schema { .. } | Error::Failed(_) => false,
         }
     }
 }
 
-/// One stored batch of the batch log.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredBatch {
-    /// Per-version sequence number, from 0.
-    pub seq: u64,
-    /// Records ingested by the version up to and including this batch.
-    pub cumulative_records: u64,
-    /// The batch.
-    pub batch: Batch,
+/// The trees of the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Tree {
+    /// Schema version, per-version counters, small metadata.
+    Meta,
+    /// Raw batches of versions still warming up.
+    Batches,
+    /// Window buckets.
+    Windows,
+    /// Compiled references.
+    References,
+    /// Rule states.
+    Rules,
+    /// Undelivered webhook events.
+    Outbox,
 }
 
-/// The persisted raw parts of a reference.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredReference {
-    /// Where it came from.
-    pub source: Source,
-    /// Rows it was built from.
-    pub records: u64,
-    /// Per feature: role and raw values.
-    pub features: BTreeMap<String, (Role, RawFeature)>,
+impl Tree {
+    const ALL: [Tree; 6] = [
+        Tree::Meta,
+        Tree::Batches,
+        Tree::Windows,
+        Tree::References,
+        Tree::Rules,
+        Tree::Outbox,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Tree::Meta => "meta",
+            Tree::Batches => "batches",
+            Tree::Windows => "windows",
+            Tree::References => "references",
+            Tree::Rules => "rules",
+            Tree::Outbox => "outbox",
+        }
+    }
 }
+
+/// The visitor of [`Backend::scan`]: called with each key and value.
+pub type Visit<'a> = dyn FnMut(&[u8], &[u8]) -> Result<(), Error> + 'a;
+
+/// One tree of [`MemBackend`].
+type MemTree = BTreeMap<Vec<u8>, Vec<u8>>;
+
+/// One write of an atomic group: a value to store, or `None` to delete.
+pub type Write = (Vec<u8>, Option<Vec<u8>>);
+
+/// What driftd needs from a storage engine. Implementations must apply each
+/// [`Backend::apply`] atomically, keep keys in byte order and make every
+/// applied write survive a crash of the process once [`Backend::flush`]
+/// returns.
+pub trait Backend: Send + Sync + fmt::Debug {
+    /// One value.
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, Error>;
+    /// Calls `f` on every entry whose key starts with `prefix`, in order.
+    fn scan(&self, tree: Tree, prefix: &[u8], f: &mut Visit<'_>) -> Result<(), Error>;
+    /// Applies the writes atomically.
+    fn apply(&self, tree: Tree, writes: Vec<Write>) -> Result<(), Error>;
+    /// Makes every applied write durable; blocks. Returns its duration.
+    fn flush(&self) -> Result<Duration, Error>;
+    /// Bytes on disk.
+    fn size_on_disk(&self) -> Result<u64, Error>;
+    /// Closes and opens the underlying files again, after a failed write
+    /// (sled's I/O errors are sticky until then).
+    fn reopen(&self) -> Result<(), Error>;
+}
+
+/// sled 0.34 behind [`Backend`].
+#[derive(Debug)]
+pub struct SledBackend {
+    cfg: StoreConfig,
+    inner: RwLock<Option<SledInner>>,
+}
+
+#[derive(Debug)]
+struct SledInner {
+    db: sled::Db,
+    trees: HashMap<Tree, sled::Tree>,
+}
+
+impl SledBackend {
+    /// Opens (or creates) the database and checks its schema version.
+    ///
+    /// # Errors
+    /// [`Error::Open`] when sled cannot open the directory, [`Error::Schema`]
+    /// when it was written by an incompatible version.
+    pub fn open(cfg: &StoreConfig) -> Result<Self, Error> {
+        Ok(Self {
+            inner: RwLock::new(Some(Self::open_inner(cfg)?)),
+            cfg: cfg.clone(),
+        })
+    }
+
+    fn open_inner(cfg: &StoreConfig) -> Result<SledInner, Error> {
+        let path = cfg.path.clone();
+        let open_err = |source| Error::Open {
+            path: path.clone(),
+            source,
+        };
+        let db = sled::Config::new()
+            .path(&path)
+            .cache_capacity(cfg.cache_capacity_bytes)
+            .flush_every_ms(Some(cfg.flush_every_ms))
+            .open()
+            .map_err(open_err)?;
+        let mut trees = HashMap::new();
+        for t in Tree::ALL {
+            trees.insert(t, db.open_tree(t.name()).map_err(open_err)?);
+        }
+        let meta = &trees[&Tree::Meta];
+        match meta.get(SCHEMA_KEY).map_err(open_err)? {
+            Some(v) => {
+                let found = <[u8; 4]>::try_from(v.as_ref())
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| Error::Corrupt { tree: "meta" })?;
+                if found != SCHEMA_VERSION {
+                    return Err(Error::Schema { path, found });
+                }
+            }
+            None => {
+                meta.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())
+                    .map_err(open_err)?;
+            }
+        }
+        Ok(SledInner { db, trees })
+    }
+
+    fn with<T>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&SledInner) -> Result<T, sled::Error>,
+    ) -> Result<T, Error> {
+        let guard = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        let inner = guard
+            .as_ref()
+            .ok_or_else(|| Error::Failed("the store is closed".into()))?;
+        f(inner).map_err(|source| Error::Io { op, source })
+    }
+}
+
+impl Backend for SledBackend {
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        self.with("read", |i| Ok(i.trees[&tree].get(key)?.map(|v| v.to_vec())))
+    }
+
+    fn scan(&self, tree: Tree, prefix: &[u8], f: &mut Visit<'_>) -> Result<(), Error> {
+        let guard = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        let inner = guard
+            .as_ref()
+            .ok_or_else(|| Error::Failed("the store is closed".into()))?;
+        for item in inner.trees[&tree].scan_prefix(prefix) {
+            let (k, v) = item.map_err(|source| Error::Io { op: "scan", source })?;
+            f(&k, &v)?;
+        }
+        Ok(())
+    }
+
+    fn apply(&self, tree: Tree, writes: Vec<Write>) -> Result<(), Error> {
+        self.with("write", |i| {
+            let t = &i.trees[&tree];
+            if let [(k, v)] = &writes[..] {
+                match v {
+                    Some(v) => t.insert(&k[..], &v[..]).map(|_| ()),
+                    None => t.remove(&k[..]).map(|_| ()),
+                }
+            } else {
+                let mut b = sled::Batch::default();
+                for (k, v) in writes {
+                    match v {
+                        Some(v) => b.insert(k, v),
+                        None => b.remove(k),
+                    }
+                }
+                t.apply_batch(b)
+            }
+        })
+    }
+
+    fn flush(&self) -> Result<Duration, Error> {
+        let started = Instant::now();
+        self.with("flush", |i| i.db.flush().map(|_| ()))?;
+        Ok(started.elapsed())
+    }
+
+    fn size_on_disk(&self) -> Result<u64, Error> {
+        self.with("size on disk", |i| i.db.size_on_disk())
+    }
+
+    fn reopen(&self) -> Result<(), Error> {
+        let mut guard = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        // Drop the old handles first: sled holds a lock on the directory.
+        drop(guard.take());
+        *guard = Some(Self::open_inner(&self.cfg)?);
+        Ok(())
+    }
+}
+
+/// An in-memory [`Backend`] (nothing survives the process), for tests and
+/// as the smallest example of the interface.
+#[derive(Debug, Default)]
+pub struct MemBackend {
+    trees: RwLock<HashMap<Tree, MemTree>>,
+}
+
+impl Backend for MemBackend {
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        let t = self.trees.read().unwrap_or_else(|p| p.into_inner());
+        Ok(t.get(&tree).and_then(|t| t.get(key)).cloned())
+    }
+
+    fn scan(&self, tree: Tree, prefix: &[u8], f: &mut Visit<'_>) -> Result<(), Error> {
+        let t = self.trees.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = t.get(&tree) {
+            for (k, v) in t.range(prefix.to_vec()..) {
+                if !k.starts_with(prefix) {
+                    break;
+                }
+                f(k, v)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&self, tree: Tree, writes: Vec<Write>) -> Result<(), Error> {
+        let mut t = self.trees.write().unwrap_or_else(|p| p.into_inner());
+        let t = t.entry(tree).or_default();
+        for (k, v) in writes {
+            match v {
+                Some(v) => t.insert(k, v),
+                None => t.remove(&k),
+            };
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<Duration, Error> {
+        Ok(Duration::ZERO)
+    }
+
+    fn size_on_disk(&self) -> Result<u64, Error> {
+        let t = self.trees.read().unwrap_or_else(|p| p.into_inner());
+        Ok(t.values()
+            .flat_map(|t| t.iter())
+            .map(|(k, v)| (k.len() + v.len()) as u64)
+            .sum())
+    }
+
+    fn reopen(&self) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+/// Counters of a model version, written with every batch: the commit
+/// point of its window deltas.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionMeta {
+    /// Records accepted since the version was first seen.
+    pub records_ingested: u64,
+    /// Sequence number of the next raw (warm-up) batch.
+    pub next_raw_seq: u64,
+    /// Last sequence number applied per idempotent producer.
+    pub producers: BTreeMap<String, u64>,
+}
+
+/// What one ingested batch changed, written atomically by
+/// [`Store::commit`].
+#[derive(Debug, Default)]
+pub struct Commit {
+    /// (window, bucket, first record index, delta).
+    pub deltas: Vec<(String, u64, u64, Bucket)>,
+    /// (window, bucket, whole state) of closed buckets.
+    pub wholes: Vec<(String, u64, Bucket)>,
+    /// (window, bucket, threshold) of pruned buckets.
+    pub taus: Vec<(String, u64, u64)>,
+    /// (window, bucket) that left their windows.
+    pub removed: Vec<(String, u64)>,
+    /// The version's counters after the batch.
+    pub meta: VersionMeta,
+}
+
+/// Stored parts of one bucket.
+#[derive(Debug, Clone, Default)]
+pub struct StoredBucket {
+    /// The last whole state.
+    pub whole: Option<Bucket>,
+    /// Deltas written after it, in order, with their first record index.
+    pub deltas: Vec<(u64, Bucket)>,
+    /// The last threshold written after a pruning.
+    pub tau: Option<u64>,
+}
+
+/// Stored buckets of one window.
+pub type StoredWindow = BTreeMap<u64, StoredBucket>;
 
 /// Everything stored about one model version.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub struct StoredVersion {
     /// The model version.
     pub key: ModelKey,
-    /// Retained batches, in sequence order.
-    pub batches: Vec<StoredBatch>,
+    /// Its counters.
+    pub meta: VersionMeta,
+    /// Raw batches kept while warming up, with their sequence numbers, in
+    /// order.
+    pub raw_batches: Vec<(u64, Batch)>,
+    /// Window parts by window name.
+    pub windows: BTreeMap<String, StoredWindow>,
     /// Its reference, once formed.
-    pub reference: Option<StoredReference>,
+    pub reference: Option<Reference>,
     /// Its rule states by rule name.
     pub rules: BTreeMap<String, Tracker>,
-}
-
-/// The sled database and its trees.
-#[derive(Debug, Clone)]
-pub struct Store {
-    path: PathBuf,
-    db: sled::Db,
-    batches: sled::Tree,
-    references: sled::Tree,
-    rules: sled::Tree,
-    outbox: sled::Tree,
-    meta: sled::Tree,
 }
 
 /// One undelivered webhook event for one target.
@@ -158,48 +462,35 @@ pub struct OutboxEntry {
     pub body: Vec<u8>,
 }
 
+/// The typed store: keys, encodings and failure tracking over a
+/// [`Backend`]. Cheap to clone; clones share the backend.
+#[derive(Debug, Clone)]
+pub struct Store {
+    path: PathBuf,
+    backend: Arc<dyn Backend>,
+    /// Set by a failed write or flush; cleared by [`Store::recover`].
+    failed: Arc<AtomicBool>,
+}
+
 impl Store {
-    /// Opens (or creates) the store and checks its schema version.
+    /// Opens (or creates) the sled store and checks its schema version.
     ///
     /// # Errors
-    /// [`Error::Open`] when sled cannot open the directory, [`Error::Schema`]
-    /// when it was written by an incompatible version.
+    /// As [`SledBackend::open`].
     pub fn open(cfg: &StoreConfig) -> Result<Self, Error> {
-        let path = cfg.path.clone();
-        let open_err = |source| Error::Open {
-            path: path.clone(),
-            source,
-        };
-        let db = sled::Config::new()
-            .path(&path)
-            .cache_capacity(cfg.cache_capacity_bytes)
-            .flush_every_ms(Some(cfg.flush_every_ms))
-            .open()
-            .map_err(open_err)?;
-        let meta = db.open_tree("meta").map_err(open_err)?;
-        match meta.get(SCHEMA_KEY).map_err(open_err)? {
-            Some(v) => {
-                let found = <[u8; 4]>::try_from(v.as_ref())
-                    .map(u32::from_be_bytes)
-                    .map_err(|_| Error::Corrupt { tree: "meta" })?;
-                if found != SCHEMA_VERSION {
-                    return Err(Error::Schema { path, found });
-                }
-            }
-            None => {
-                meta.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())
-                    .map_err(open_err)?;
-            }
-        }
-        Ok(Self {
-            batches: db.open_tree("batches").map_err(open_err)?,
-            references: db.open_tree("references").map_err(open_err)?,
-            rules: db.open_tree("rules").map_err(open_err)?,
-            outbox: db.open_tree("outbox").map_err(open_err)?,
-            meta,
-            db,
+        Ok(Self::with_backend(
+            cfg.path.clone(),
+            Arc::new(SledBackend::open(cfg)?),
+        ))
+    }
+
+    /// A store over any backend.
+    pub fn with_backend(path: PathBuf, backend: Arc<dyn Backend>) -> Self {
+        Self {
             path,
-        })
+            backend,
+            failed: Arc::new(AtomicBool::new(false)),
+        }
     }
 
     /// Opens the store and reads everything back, turning a panic inside
@@ -232,62 +523,158 @@ impl Store {
         &self.path
     }
 
-    /// Writes one batch of the log. Not durable until [`Store::flush`].
-    ///
-    /// # Errors
-    /// [`Error::Io`] when sled refuses the write.
-    pub fn put_batch(&self, stored: &StoredBatch) -> Result<(), Error> {
-        let key = batch_key(&stored.batch.key, stored.seq);
-        let value = encode_batch(stored);
-        self.batches
-            .insert(key, value)
-            .map(|_| ())
-            .map_err(|source| Error::Io {
-                op: "write batch",
-                source,
-            })
+    /// True after a failed write or flush, until [`Store::recover`].
+    pub fn is_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
     }
 
-    /// Deletes batches of `key` with sequence numbers below `before`.
+    /// Reopens the backend after a failure and reads everything back.
     ///
     /// # Errors
-    /// [`Error::Io`] when sled refuses the write.
-    pub fn delete_batches_before(&self, key: &ModelKey, before: u64) -> Result<(), Error> {
-        let start = batch_key(key, 0);
-        let end = batch_key(key, before);
-        let mut b = sled::Batch::default();
-        for item in self.batches.range(start..end) {
-            let (k, _) = item.map_err(|source| Error::Io {
-                op: "scan batches",
-                source,
-            })?;
-            b.remove(k);
+    /// The reopen's or the load's error; the store stays failed.
+    pub fn recover(&self) -> Result<Vec<StoredVersion>, Error> {
+        self.backend.reopen()?;
+        let loaded = self.load()?;
+        self.failed.store(false, Ordering::Release);
+        Ok(loaded)
+    }
+
+    fn apply(&self, tree: Tree, writes: Vec<Write>) -> Result<(), Error> {
+        if self.is_failed() {
+            return Err(Error::Failed("an earlier write failed".into()));
         }
-        self.batches.apply_batch(b).map_err(|source| Error::Io {
-            op: "delete batches",
-            source,
+        self.backend.apply(tree, writes).inspect_err(|_| {
+            self.failed.store(true, Ordering::Release);
         })
+    }
+
+    /// Writes what one ingested batch changed, atomically: its window
+    /// deltas, closed or pruned buckets, buckets that left their windows and
+    /// the version's counters (the commit point). Not durable until
+    /// [`Store::flush`].
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the write fails.
+    pub fn commit(&self, key: &ModelKey, c: &Commit) -> Result<(), Error> {
+        let mut writes: Vec<Write> = Vec::with_capacity(c.deltas.len() + 1);
+        for (window, bucket, part, delta) in &c.deltas {
+            writes.push((
+                window_key(key, window, *bucket, *part),
+                Some(postcard_bytes(delta)),
+            ));
+        }
+        for (window, bucket, tau) in &c.taus {
+            writes.push((
+                window_key(key, window, *bucket, TAU),
+                Some(tau.to_be_bytes().to_vec()),
+            ));
+        }
+        // A whole state replaces the parts written before it, including
+        // those just above; a removal deletes them all.
+        for (window, bucket, whole) in &c.wholes {
+            self.stored_parts(key, window, *bucket, &mut writes)?;
+            writes.push((
+                window_key(key, window, *bucket, WHOLE),
+                Some(postcard_bytes(whole)),
+            ));
+        }
+        for (window, bucket) in &c.removed {
+            self.stored_parts(key, window, *bucket, &mut writes)?;
+        }
+        let mut k = version_prefix(key);
+        k.extend_from_slice(META_SUFFIX);
+        writes.push((k, Some(postcard_bytes(&c.meta))));
+        self.apply(Tree::Windows, writes)
+    }
+
+    /// Replaces whatever `writes` was about to write for a bucket by
+    /// deletions of every part stored for it.
+    fn stored_parts(
+        &self,
+        key: &ModelKey,
+        window: &str,
+        bucket: u64,
+        writes: &mut Vec<Write>,
+    ) -> Result<(), Error> {
+        let prefix = window_key(key, window, bucket, 0);
+        let prefix = &prefix[..prefix.len() - 8];
+        writes.retain(|(k, _)| !k.starts_with(prefix));
+        self.backend.scan(Tree::Windows, prefix, &mut |k, _| {
+            writes.push((k.to_vec(), None));
+            Ok(())
+        })
+    }
+
+    /// Stores a raw batch of a version still warming up.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the write fails.
+    pub fn put_raw_batch(&self, key: &ModelKey, seq: u64, batch: &Batch) -> Result<(), Error> {
+        let mut k = version_prefix(key);
+        k.extend_from_slice(&seq.to_be_bytes());
+        self.apply(Tree::Batches, vec![(k, Some(encode_batch(batch)))])
+    }
+
+    /// Deletes every raw batch of `key`.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the write fails.
+    pub fn delete_raw_batches(&self, key: &ModelKey) -> Result<(), Error> {
+        self.delete_prefix(Tree::Batches, &version_prefix(key))
+    }
+
+    fn delete_prefix(&self, tree: Tree, prefix: &[u8]) -> Result<(), Error> {
+        let mut writes = Vec::new();
+        self.backend.scan(tree, prefix, &mut |k, _| {
+            writes.push((k.to_vec(), None));
+            Ok(())
+        })?;
+        if writes.is_empty() {
+            return Ok(());
+        }
+        self.apply(tree, writes)
+    }
+
+    /// Deletes every bucket of `key`'s window `window`, or of all its
+    /// windows when `None`.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the write fails.
+    pub fn delete_windows(&self, key: &ModelKey, window: Option<&str>) -> Result<(), Error> {
+        let mut prefix = version_prefix(key);
+        if let Some(w) = window {
+            prefix.extend_from_slice(w.as_bytes());
+            prefix.push(0);
+        }
+        let mut writes = Vec::new();
+        self.backend.scan(Tree::Windows, &prefix, &mut |k, _| {
+            if !k.ends_with(META_SUFFIX) {
+                writes.push((k.to_vec(), None));
+            }
+            Ok(())
+        })?;
+        if writes.is_empty() {
+            return Ok(());
+        }
+        self.apply(Tree::Windows, writes)
     }
 
     /// Replaces the reference of `key`. Not durable until [`Store::flush`].
     ///
     /// # Errors
-    /// [`Error::Io`] when sled refuses the write.
-    pub fn put_reference(&self, key: &ModelKey, r: &StoredReference) -> Result<(), Error> {
-        self.references
-            .insert(version_prefix(key), encode_reference(r))
-            .map(|_| ())
-            .map_err(|source| Error::Io {
-                op: "write reference",
-                source,
-            })
+    /// [`Error::Io`] when the write fails.
+    pub fn put_reference(&self, key: &ModelKey, r: &Reference) -> Result<(), Error> {
+        self.apply(
+            Tree::References,
+            vec![(version_prefix(key), Some(postcard_bytes(r)))],
+        )
     }
 
     /// Writes the state of rule `rule` of `key`. Not durable until
     /// [`Store::flush`].
     ///
     /// # Errors
-    /// [`Error::Io`] when sled refuses the write.
+    /// [`Error::Io`] when the write fails.
     pub fn put_rule(&self, key: &ModelKey, rule: &str, t: &Tracker) -> Result<(), Error> {
         let mut w = Vec::with_capacity(20);
         w.extend_from_slice(&t.consecutive.to_be_bytes());
@@ -301,47 +688,29 @@ impl Store {
         }
         let mut k = version_prefix(key);
         k.extend_from_slice(rule.as_bytes());
-        self.rules
-            .insert(k, w)
-            .map(|_| ())
-            .map_err(|source| Error::Io {
-                op: "write rule state",
-                source,
-            })
+        self.apply(Tree::Rules, vec![(k, Some(w))])
     }
 
     /// Adds or replaces an outbox entry of `target`. Not durable until
     /// [`Store::flush`].
     ///
     /// # Errors
-    /// [`Error::Io`] when sled refuses the write.
+    /// [`Error::Io`] when the write fails.
     pub fn outbox_put(&self, target: &str, e: &OutboxEntry) -> Result<(), Error> {
         let mut w = Writer(Vec::with_capacity(32 + e.body.len()));
         w.u64(e.created_ms as u64);
         w.u32(e.attempts);
         w.u64(e.next_attempt_ms as u64);
         w.0.extend_from_slice(&e.body);
-        self.outbox
-            .insert(outbox_key(target, &e.id), w.0)
-            .map(|_| ())
-            .map_err(|source| Error::Io {
-                op: "write outbox",
-                source,
-            })
+        self.apply(Tree::Outbox, vec![(outbox_key(target, &e.id), Some(w.0))])
     }
 
     /// Removes an outbox entry.
     ///
     /// # Errors
-    /// [`Error::Io`] when sled refuses the write.
+    /// [`Error::Io`] when the write fails.
     pub fn outbox_delete(&self, target: &str, id: &str) -> Result<(), Error> {
-        self.outbox
-            .remove(outbox_key(target, id))
-            .map(|_| ())
-            .map_err(|source| Error::Io {
-                op: "delete outbox entry",
-                source,
-            })
+        self.apply(Tree::Outbox, vec![(outbox_key(target, id), None)])
     }
 
     /// Every outbox entry of `target`, or of every target when `None`, as
@@ -353,22 +722,14 @@ impl Store {
     pub fn outbox_list(&self, target: Option<&str>) -> Result<Vec<(String, OutboxEntry)>, Error> {
         let prefix = target.map(|t| outbox_key(t, "")).unwrap_or_default();
         let mut out = Vec::new();
-        for item in self.outbox.scan_prefix(prefix) {
-            let (k, v) = item.map_err(|source| Error::Io {
-                op: "read outbox",
-                source,
-            })?;
-            let i = k
-                .iter()
-                .position(|&b| b == 0)
-                .ok_or(Error::Corrupt { tree: "outbox" })?;
-            let target =
-                std::str::from_utf8(&k[..i]).map_err(|_| Error::Corrupt { tree: "outbox" })?;
-            let id =
-                std::str::from_utf8(&k[i + 1..]).map_err(|_| Error::Corrupt { tree: "outbox" })?;
-            let mut r = Reader(&v);
+        self.backend.scan(Tree::Outbox, &prefix, &mut |k, v| {
+            let corrupt = || Error::Corrupt { tree: "outbox" };
+            let i = k.iter().position(|&b| b == 0).ok_or_else(corrupt)?;
+            let target = std::str::from_utf8(&k[..i]).map_err(|_| corrupt())?;
+            let id = std::str::from_utf8(&k[i + 1..]).map_err(|_| corrupt())?;
+            let mut r = Reader(v);
             let (Some(created), Some(attempts), Some(next)) = (r.u64(), r.u32(), r.u64()) else {
-                return Err(Error::Corrupt { tree: "outbox" });
+                return Err(corrupt());
             };
             out.push((
                 target.to_string(),
@@ -380,7 +741,8 @@ impl Store {
                     body: r.0.to_vec(),
                 },
             ));
-        }
+            Ok(())
+        })?;
         Ok(out)
     }
 
@@ -389,27 +751,18 @@ impl Store {
     /// # Errors
     /// [`Error::Io`] on a read failure.
     pub fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
-        self.meta
-            .get(format!("m/{key}"))
-            .map(|v| v.map(|v| v.to_vec()))
-            .map_err(|source| Error::Io {
-                op: "read meta",
-                source,
-            })
+        self.backend.get(Tree::Meta, format!("m/{key}").as_bytes())
     }
 
     /// Writes a small metadata value. Not durable until [`Store::flush`].
     ///
     /// # Errors
-    /// [`Error::Io`] when sled refuses the write.
+    /// [`Error::Io`] when the write fails.
     pub fn meta_put(&self, key: &str, value: &[u8]) -> Result<(), Error> {
-        self.meta
-            .insert(format!("m/{key}"), value)
-            .map(|_| ())
-            .map_err(|source| Error::Io {
-                op: "write meta",
-                source,
-            })
+        self.apply(
+            Tree::Meta,
+            vec![(format!("m/{key}").into_bytes(), Some(value.to_vec()))],
+        )
     }
 
     /// Makes every earlier write durable against a process crash (sled's
@@ -417,15 +770,30 @@ impl Store {
     /// long it took.
     ///
     /// # Errors
-    /// [`Error::Io`] when the flush fails; sled then stays broken until
-    /// reopened.
+    /// [`Error::Io`] when the flush fails; the store then refuses writes
+    /// until [`Store::recover`].
     pub async fn flush(&self) -> Result<Duration, Error> {
-        let started = Instant::now();
-        self.db.flush_async().await.map_err(|source| Error::Io {
-            op: "flush",
-            source,
-        })?;
-        Ok(started.elapsed())
+        if self.is_failed() {
+            return Err(Error::Failed("an earlier write failed".into()));
+        }
+        let backend = self.backend.clone();
+        let res = tokio::task::spawn_blocking(move || backend.flush())
+            .await
+            .unwrap_or_else(|e| Err(Error::Failed(format!("flush task failed: {e}"))));
+        if res.is_err() {
+            self.failed.store(true, Ordering::Release);
+        }
+        res
+    }
+
+    /// [`Store::flush`] for callers outside the runtime (start-up).
+    ///
+    /// # Errors
+    /// As [`Store::flush`].
+    pub fn flush_blocking(&self) -> Result<Duration, Error> {
+        self.backend.flush().inspect_err(|_| {
+            self.failed.store(true, Ordering::Release);
+        })
     }
 
     /// Bytes on disk.
@@ -433,10 +801,7 @@ impl Store {
     /// # Errors
     /// [`Error::Io`] when the size cannot be read.
     pub fn size_on_disk(&self) -> Result<u64, Error> {
-        self.db.size_on_disk().map_err(|source| Error::Io {
-            op: "size on disk",
-            source,
-        })
+        self.backend.size_on_disk()
     }
 
     /// Reads everything back, for the engine's restore at start-up.
@@ -446,38 +811,68 @@ impl Store {
     /// does not decode.
     pub fn load(&self) -> Result<Vec<StoredVersion>, Error> {
         let mut versions: BTreeMap<ModelKey, StoredVersion> = BTreeMap::new();
-        let io = |source| Error::Io { op: "load", source };
-        for item in self.batches.iter() {
-            let (k, v) = item.map_err(io)?;
-            let (key, rest) =
-                decode_version_prefix(&k).ok_or(Error::Corrupt { tree: "batches" })?;
-            let seq = <[u8; 8]>::try_from(rest)
-                .map(u64::from_be_bytes)
-                .map_err(|_| Error::Corrupt { tree: "batches" })?;
-            let stored =
-                decode_batch(&v, key.clone(), seq).ok_or(Error::Corrupt { tree: "batches" })?;
-            version_entry(&mut versions, key).batches.push(stored);
-        }
-        for item in self.references.iter() {
-            let (k, v) = item.map_err(io)?;
-            let (key, _) =
-                decode_version_prefix(&k).ok_or(Error::Corrupt { tree: "references" })?;
-            let r = decode_reference(&v).ok_or(Error::Corrupt { tree: "references" })?;
+        self.backend.scan(Tree::Batches, b"", &mut |k, v| {
+            let corrupt = || Error::Corrupt { tree: "batches" };
+            let (key, seq) = decode_version_prefix(k).ok_or_else(corrupt)?;
+            let seq = u64::from_be_bytes(seq.try_into().map_err(|_| corrupt())?);
+            let b = decode_batch(v, key.clone()).ok_or_else(corrupt)?;
+            version_entry(&mut versions, key).raw_batches.push((seq, b));
+            Ok(())
+        })?;
+        self.backend.scan(Tree::Windows, b"", &mut |k, v| {
+            let corrupt = || Error::Corrupt { tree: "windows" };
+            let (key, rest) = decode_version_prefix(k).ok_or_else(corrupt)?;
+            if rest == META_SUFFIX {
+                version_entry(&mut versions, key).meta =
+                    postcard::from_bytes(v).map_err(|_| corrupt())?;
+                return Ok(());
+            }
+            let i = rest.iter().position(|&b| b == 0).ok_or_else(corrupt)?;
+            let window = std::str::from_utf8(&rest[..i]).map_err(|_| corrupt())?;
+            let ints = &rest[i + 1..];
+            if ints.len() != 16 {
+                return Err(corrupt());
+            }
+            let bucket = u64::from_be_bytes(ints[..8].try_into().map_err(|_| corrupt())?);
+            let part = u64::from_be_bytes(ints[8..].try_into().map_err(|_| corrupt())?);
+            let entry = version_entry(&mut versions, key)
+                .windows
+                .entry(window.to_string())
+                .or_default()
+                .entry(bucket)
+                .or_default();
+            if part == TAU {
+                entry.tau = Some(u64::from_be_bytes(v.try_into().map_err(|_| corrupt())?));
+            } else {
+                let b: Bucket = postcard::from_bytes(v).map_err(|_| corrupt())?;
+                if part == WHOLE {
+                    entry.whole = Some(b);
+                } else {
+                    entry.deltas.push((part, b));
+                }
+            }
+            Ok(())
+        })?;
+        self.backend.scan(Tree::References, b"", &mut |k, v| {
+            let corrupt = || Error::Corrupt { tree: "references" };
+            let (key, _) = decode_version_prefix(k).ok_or_else(corrupt)?;
+            let r: Reference = postcard::from_bytes(v).map_err(|_| corrupt())?;
             version_entry(&mut versions, key).reference = Some(r);
-        }
-        for item in self.rules.iter() {
-            let (k, v) = item.map_err(io)?;
-            let (key, name) = decode_version_prefix(&k).ok_or(Error::Corrupt { tree: "rules" })?;
+            Ok(())
+        })?;
+        self.backend.scan(Tree::Rules, b"", &mut |k, v| {
+            let corrupt = || Error::Corrupt { tree: "rules" };
+            let (key, name) = decode_version_prefix(k).ok_or_else(corrupt)?;
             let name = std::str::from_utf8(name)
-                .map_err(|_| Error::Corrupt { tree: "rules" })?
+                .map_err(|_| corrupt())?
                 .to_string();
-            let mut r = Reader(&v);
-            let consecutive = r.u32().ok_or(Error::Corrupt { tree: "rules" })?;
-            let clear = r.u32().ok_or(Error::Corrupt { tree: "rules" })?;
+            let mut r = Reader(v);
+            let consecutive = r.u32().ok_or_else(corrupt)?;
+            let clear = r.u32().ok_or_else(corrupt)?;
             let firing_since_ms = match r.u8() {
-                Some(1) => Some(r.i64().ok_or(Error::Corrupt { tree: "rules" })?),
+                Some(1) => Some(r.i64().ok_or_else(corrupt)?),
                 Some(0) => None,
-                _ => return Err(Error::Corrupt { tree: "rules" }),
+                _ => return Err(corrupt()),
             };
             version_entry(&mut versions, key).rules.insert(
                 name,
@@ -487,9 +882,28 @@ impl Store {
                     firing_since_ms,
                 },
             );
+            Ok(())
+        })?;
+        // Only what the commit point covers counts: a crash may leave
+        // writes of a batch whose counters never landed.
+        let mut out: Vec<StoredVersion> = versions.into_values().collect();
+        for v in &mut out {
+            let done = v.meta.records_ingested;
+            for buckets in v.windows.values_mut() {
+                for b in buckets.values_mut() {
+                    b.deltas.retain(|(part, _)| *part < done);
+                }
+            }
+            let next = v.meta.next_raw_seq;
+            v.raw_batches.retain(|(seq, _)| *seq < next);
         }
-        Ok(versions.into_values().collect())
+        Ok(out)
     }
+}
+
+fn postcard_bytes<T: Serialize>(v: &T) -> Vec<u8> {
+    // Serialising plain data into a Vec cannot fail.
+    postcard::to_stdvec(v).unwrap_or_default()
 }
 
 fn version_entry(
@@ -500,9 +914,7 @@ fn version_entry(
         .entry(key.clone())
         .or_insert_with(|| StoredVersion {
             key,
-            batches: Vec::new(),
-            reference: None,
-            rules: BTreeMap::new(),
+            ..StoredVersion::default()
         })
 }
 
@@ -523,9 +935,12 @@ fn version_prefix(key: &ModelKey) -> Vec<u8> {
     k
 }
 
-fn batch_key(key: &ModelKey, seq: u64) -> Vec<u8> {
+fn window_key(key: &ModelKey, window: &str, bucket: u64, part: u64) -> Vec<u8> {
     let mut k = version_prefix(key);
-    k.extend_from_slice(&seq.to_be_bytes());
+    k.extend_from_slice(window.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&bucket.to_be_bytes());
+    k.extend_from_slice(&part.to_be_bytes());
     k
 }
 
@@ -613,14 +1028,11 @@ fn role_from(c: u8) -> Option<Role> {
     }
 }
 
-fn encode_batch(s: &StoredBatch) -> Vec<u8> {
-    let mut w = Writer(Vec::with_capacity(
-        64 + s.batch.n_rows * 8 * s.batch.columns.len(),
-    ));
-    w.u64(s.cumulative_records);
-    w.u32(s.batch.n_rows as u32);
-    w.u32(s.batch.columns.len() as u32);
-    for c in &s.batch.columns {
+fn encode_batch(b: &Batch) -> Vec<u8> {
+    let mut w = Writer(Vec::with_capacity(64 + b.n_rows * 8 * b.columns.len()));
+    w.u32(b.n_rows as u32);
+    w.u32(b.columns.len() as u32);
+    for c in &b.columns {
         w.str(&c.name);
         w.u8(role_code(c.role));
         match &c.values {
@@ -641,9 +1053,8 @@ fn encode_batch(s: &StoredBatch) -> Vec<u8> {
     w.0
 }
 
-fn decode_batch(v: &[u8], key: ModelKey, seq: u64) -> Option<StoredBatch> {
+fn decode_batch(v: &[u8], key: ModelKey) -> Option<Batch> {
     let mut r = Reader(v);
-    let cumulative_records = r.u64()?;
     let n_rows = r.u32()? as usize;
     let n_cols = r.count(6)?;
     let mut columns = Vec::with_capacity(n_cols);
@@ -667,89 +1078,10 @@ fn decode_batch(v: &[u8], key: ModelKey, seq: u64) -> Option<StoredBatch> {
         };
         columns.push(Column { name, role, values });
     }
-    r.0.is_empty().then_some(StoredBatch {
-        seq,
-        cumulative_records,
-        batch: Batch {
-            key,
-            columns,
-            n_rows,
-        },
-    })
-}
-
-fn encode_reference(s: &StoredReference) -> Vec<u8> {
-    let mut w = Writer(Vec::new());
-    w.u8(match s.source {
-        Source::Warmup => 0,
-        Source::SetReference => 1,
-    });
-    w.u64(s.records);
-    w.u32(s.features.len() as u32);
-    for (name, (role, raw)) in &s.features {
-        w.str(name);
-        w.u8(role_code(*role));
-        match raw {
-            RawFeature::Numeric { sorted, missing } => {
-                w.u8(0);
-                w.u64(*missing);
-                w.u32(sorted.len() as u32);
-                for &x in sorted {
-                    w.f64(x);
-                }
-            }
-            RawFeature::Categorical { counts, missing } => {
-                w.u8(1);
-                w.u64(*missing);
-                w.u32(counts.len() as u32);
-                for (k, n) in counts {
-                    w.str(k);
-                    w.u64(*n);
-                }
-            }
-        }
-    }
-    w.0
-}
-
-fn decode_reference(v: &[u8]) -> Option<StoredReference> {
-    let mut r = Reader(v);
-    let source = match r.u8()? {
-        0 => Source::Warmup,
-        1 => Source::SetReference,
-        _ => return None,
-    };
-    let records = r.u64()?;
-    let n = r.count(6)?;
-    let mut features = BTreeMap::new();
-    for _ in 0..n {
-        let name = r.str()?;
-        let role = role_from(r.u8()?)?;
-        let raw = match r.u8()? {
-            0 => {
-                let missing = r.u64()?;
-                let len = r.count(8)?;
-                let sorted = (0..len).map(|_| r.f64()).collect::<Option<_>>()?;
-                RawFeature::Numeric { sorted, missing }
-            }
-            1 => {
-                let missing = r.u64()?;
-                let len = r.count(12)?;
-                let mut counts = BTreeMap::new();
-                for _ in 0..len {
-                    let k = r.str()?;
-                    counts.insert(k, r.u64()?);
-                }
-                RawFeature::Categorical { counts, missing }
-            }
-            _ => return None,
-        };
-        features.insert(name, (role, raw));
-    }
-    r.0.is_empty().then_some(StoredReference {
-        source,
-        records,
-        features,
+    r.0.is_empty().then_some(Batch {
+        key,
+        columns,
+        n_rows,
     })
 }
 

@@ -1,42 +1,446 @@
-//! Sliding windows of what a model version saw and produced. The window
-//! here is count-based: per feature, the last N values received (missing
-//! ones included, so missing shares are windowed too).
+//! Sliding windows of what a model version saw and produced, in memory that
+//! does not grow with the traffic rate.
 //!
-//! Pure and synchronous: no I/O, no clock, no logging. The engine feeds
-//! batches in and takes [`Snapshot`]s out for the detector.
+//! A window is a run of *buckets*: time buckets (`5m/10s`: thirty buckets of
+//! ten seconds, by arrival time) or record buckets (`count:5000`: buckets of
+//! 500 records, by the version's record index). Each bucket holds
+//! aggregates, never the raw records:
+//!
+//! - per numeric feature: non-missing count, sum, missing count and counts
+//!   over the reference's PSI bins (exact PSI, JS, Hellinger, chi-square and
+//!   binned KS);
+//! - per categorical feature: counts of the reference's categories and of at
+//!   most `max_categories` others per bucket (first come), the rest in one
+//!   `__other__` count; a snapshot keeps the `max_categories` most frequent
+//!   and folds the rest into `__other__`;
+//! - a row sample for KS, Cramér-von Mises and Wasserstein.
+//!
+//! **Sampling.** Every record gets a priority, a 64-bit hash of the version
+//! and the record's index (so the same record has the same priority after a
+//! restart). A bucket keeps the rows whose priority is at most its
+//! threshold `tau`. The window's sample is the `sample_size` rows of lowest
+//! priority among its buckets' rows with priority at most the smallest
+//! `tau` of those buckets: bottom-k sampling over a shared threshold. Since
+//! priorities are independent of the values, the rows below a threshold are
+//! a uniform sample of the window; a bucket leaving the window removes
+//! exactly its own rows, so the sample stays uniform under expiry, and
+//! buckets merge by concatenation. Memory is bounded by pruning: when a
+//! window's buckets hold more than `sample_size * 6/5` rows, every bucket's
+//! threshold drops to the priority that leaves about `sample_size * 21/20`
+//! rows. A new bucket starts with the newest bucket's threshold, raised when
+//! the window holds fewer than `sample_size` rows (traffic fell), so the
+//! sample refills as old buckets expire.
+//!
+//! Pure and synchronous: no I/O, no clock (time is an argument), no logging.
+//! The engine feeds batches in, persists the [`Changes`] they cause, and
+//! takes [`Snapshot`]s out for the detector.
 
 use std::{
-    collections::{BTreeMap, VecDeque},
-    num::NonZeroUsize,
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::Duration,
 };
 
-use crate::domain::{Batch, Kind, Role, Values};
+use serde::{Deserialize, Serialize};
 
-/// Per feature, the last `capacity` values.
-#[derive(Debug, Clone)]
-pub struct CountWindow {
-    capacity: NonZeroUsize,
-    features: BTreeMap<String, FeatureWindow>,
+use crate::{
+    domain::{Batch, Kind, Role, Values},
+    stats,
+};
+
+/// The category that stands for every category beyond the limit.
+pub const OTHER: &str = "__other__";
+
+/// A threshold that keeps every row.
+pub const KEEP_ALL: u64 = u64::MAX;
+
+/// How a window is cut into buckets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Span {
+    /// The last `length_ms` by arrival time, in buckets of `bucket_ms`.
+    Time {
+        /// Window length.
+        length_ms: u64,
+        /// Bucket length; divides `length_ms`.
+        bucket_ms: u64,
+    },
+    /// The last `records` records, in buckets of `bucket_records`: the
+    /// window holds between `records` and `records + bucket_records - 1`
+    /// records once that many arrived.
+    Count {
+        /// Records in the window.
+        records: u64,
+        /// Records per bucket.
+        bucket_records: u64,
+    },
 }
 
-#[derive(Debug, Clone)]
-struct FeatureWindow {
-    role: Role,
-    ring: Ring,
-    /// Missing values currently in `ring`, kept incrementally so the status
-    /// never has to scan the ring.
-    missing: u64,
+/// One configured window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowSpec {
+    /// The `window` label: `5m`, `1h`, `last_5000`.
+    pub name: String,
+    /// How it is cut.
+    pub span: Span,
 }
 
+impl WindowSpec {
+    /// Parses `"5m"`, `"5m/10s"` (length/bucket; the bucket defaults to a
+    /// thirtieth of the length), `"count:5000"` or `"count:5000/500"`
+    /// (records/bucket records; a tenth by default).
+    ///
+    /// # Errors
+    /// A message saying what is wrong with `s`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if let Some(rest) = s.strip_prefix("count:") {
+            let (n, b) = match rest.split_once('/') {
+                Some((n, b)) => (n, Some(b)),
+                None => (rest, None),
+            };
+            let records: u64 = n
+                .trim()
+                .parse()
+                .map_err(|_| format!("{s:?}: {n:?} is not a record count"))?;
+            if records == 0 {
+                return Err(format!("{s:?}: the record count must be at least 1"));
+            }
+            let bucket_records = match b {
+                Some(b) => b
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("{s:?}: {b:?} is not a record count"))?,
+                None => (records / 10).max(1),
+            };
+            if bucket_records == 0 || bucket_records > records {
+                return Err(format!(
+                    "{s:?}: records per bucket must be between 1 and {records}"
+                ));
+            }
+            return Ok(Self {
+                name: format!("last_{records}"),
+                span: Span::Count {
+                    records,
+                    bucket_records,
+                },
+            });
+        }
+        let (l, b) = match s.split_once('/') {
+            Some((l, b)) => (l, Some(b)),
+            None => (s, None),
+        };
+        let length = humantime::parse_duration(l.trim()).map_err(|e| {
+            format!("{s:?}: {l:?} is not a duration like \"5m\" or \"count:5000\" ({e})")
+        })?;
+        let length_ms = length.as_millis() as u64;
+        let bucket_ms = match b {
+            Some(b) => humantime::parse_duration(b.trim())
+                .map_err(|e| format!("{s:?}: {b:?} is not a duration ({e})"))?
+                .as_millis() as u64,
+            None => length_ms / 30,
+        };
+        if bucket_ms < 100 {
+            return Err(format!("{s:?}: buckets must be at least 100ms"));
+        }
+        if length_ms % bucket_ms != 0 {
+            return Err(format!(
+                "{s:?}: the bucket length must divide the window length"
+            ));
+        }
+        if length_ms / bucket_ms > 3600 {
+            return Err(format!("{s:?}: at most 3600 buckets per window"));
+        }
+        let name = humantime::format_duration(Duration::from_millis(length_ms))
+            .to_string()
+            .replace(' ', "");
+        Ok(Self {
+            name,
+            span: Span::Time {
+                length_ms,
+                bucket_ms,
+            },
+        })
+    }
+
+    /// The bucket of a record that arrived at `arrival_ms` with index `row`.
+    fn bucket_of(&self, arrival_ms: i64, row: u64) -> u64 {
+        match self.span {
+            Span::Time { bucket_ms, .. } => arrival_ms.max(0) as u64 / bucket_ms,
+            Span::Count { bucket_records, .. } => row / bucket_records,
+        }
+    }
+
+    /// The oldest bucket still in the window at `now_ms`, after `total`
+    /// records of the version.
+    pub fn first_live(&self, now_ms: i64, total: u64) -> u64 {
+        match self.span {
+            Span::Time {
+                length_ms,
+                bucket_ms,
+            } => (now_ms.max(0) as u64 / bucket_ms + 1).saturating_sub(length_ms / bucket_ms),
+            Span::Count {
+                records,
+                bucket_records,
+            } => total.saturating_sub(records) / bucket_records,
+        }
+    }
+}
+
+/// Window size limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Target rows in a window's sample.
+    pub sample_size: usize,
+    /// Categories kept per feature (per bucket beyond the reference's, and
+    /// in a snapshot).
+    pub max_categories: usize,
+}
+
+/// What the window bins against, from the reference in force.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Binning {
+    /// Per numeric feature, the PSI bin edges.
+    pub edges: BTreeMap<String, Vec<f64>>,
+    /// Per categorical feature, the reference's categories (always counted
+    /// exactly).
+    pub categories: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// Aggregates of one bucket (or of one batch's contribution to a bucket:
+/// the same type, merged by [`Bucket::merge`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Bucket {
+    /// Records.
+    pub rows: u64,
+    /// Sampling threshold: rows with priority <= `tau` are kept.
+    pub tau: u64,
+    /// Per feature.
+    pub features: BTreeMap<String, Agg>,
+    /// Priorities of the kept rows, in arrival order.
+    pub priorities: Vec<u64>,
+    /// Per numeric feature, its value in each kept row (NaN when missing or
+    /// absent from the row's batch).
+    pub values: BTreeMap<String, Vec<f64>>,
+}
+
+/// One feature's aggregates in a bucket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Agg {
+    /// Input or output.
+    pub role: Role,
+    /// Missing values.
+    pub missing: u64,
+    /// Kind-specific counts.
+    pub data: AggData,
+}
+
+/// Kind-specific aggregates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AggData {
+    /// Numeric.
+    Numeric {
+        /// Non-missing values.
+        n: u64,
+        /// Their sum.
+        sum: f64,
+        /// Counts over the reference's bins; empty without a reference.
+        bins: Vec<u64>,
+    },
+    /// Categorical.
+    Categorical {
+        /// Counts of admitted categories.
+        counts: BTreeMap<String, u64>,
+        /// Values of categories beyond the limit.
+        other: u64,
+    },
+}
+
+impl AggData {
+    fn kind(&self) -> Kind {
+        match self {
+            AggData::Numeric { .. } => Kind::Numeric,
+            AggData::Categorical { .. } => Kind::Categorical,
+        }
+    }
+}
+
+impl Bucket {
+    fn empty(tau: u64) -> Self {
+        Self {
+            rows: 0,
+            tau,
+            features: BTreeMap::new(),
+            priorities: Vec::new(),
+            values: BTreeMap::new(),
+        }
+    }
+
+    /// Adds `d`'s aggregates and rows (appended after this bucket's), then
+    /// applies the lower of the two thresholds.
+    pub fn merge(&mut self, d: &Bucket) {
+        self.rows += d.rows;
+        for (name, a) in &d.features {
+            match self.features.get_mut(name) {
+                None => {
+                    self.features.insert(name.clone(), a.clone());
+                }
+                Some(mine) => {
+                    mine.role = a.role;
+                    mine.missing += a.missing;
+                    match (&mut mine.data, &a.data) {
+                        (
+                            AggData::Numeric { n, sum, bins },
+                            AggData::Numeric {
+                                n: n2,
+                                sum: s2,
+                                bins: b2,
+                            },
+                        ) => {
+                            *n += n2;
+                            *sum += s2;
+                            if bins.len() == b2.len() {
+                                bins.iter_mut().zip(b2).for_each(|(x, y)| *x += y);
+                            } else if bins.is_empty() {
+                                bins.clone_from(b2);
+                            }
+                        }
+                        (
+                            AggData::Categorical { counts, other },
+                            AggData::Categorical {
+                                counts: c2,
+                                other: o2,
+                            },
+                        ) => {
+                            *other += o2;
+                            for (k, v) in c2 {
+                                *counts.entry(k.clone()).or_insert(0) += v;
+                            }
+                        }
+                        // A feature never changes kind inside a window (the
+                        // engine resets windows when a reference changes it).
+                        _ => *mine = a.clone(),
+                    }
+                }
+            }
+        }
+        let before = self.priorities.len();
+        self.priorities.extend_from_slice(&d.priorities);
+        for col in self.values.values_mut() {
+            col.resize(before, f64::NAN);
+        }
+        for (name, v) in &d.values {
+            let col = self
+                .values
+                .entry(name.clone())
+                .or_insert_with(|| vec![f64::NAN; before]);
+            col.extend_from_slice(v);
+        }
+        let len = self.priorities.len();
+        for col in self.values.values_mut() {
+            col.resize(len, f64::NAN);
+        }
+        // A delta kept its rows under its own threshold; the bucket's may
+        // have dropped since.
+        self.prune(d.tau.min(self.tau));
+    }
+
+    /// Rebuilds a bucket from its stored parts: the last whole state, if
+    /// any, then the deltas written after it, in order, then the last
+    /// threshold written for it.
+    pub fn rebuild(
+        whole: Option<Bucket>,
+        deltas: impl IntoIterator<Item = Bucket>,
+        tau: Option<u64>,
+    ) -> Option<Bucket> {
+        let mut out = whole;
+        for d in deltas {
+            match out.as_mut() {
+                Some(b) => b.merge(&d),
+                None => out = Some(d),
+            }
+        }
+        if let (Some(b), Some(t)) = (out.as_mut(), tau) {
+            b.prune(t);
+        }
+        out
+    }
+
+    /// Lowers the threshold to `tau` and drops rows above it.
+    fn prune(&mut self, tau: u64) {
+        self.tau = self.tau.min(tau);
+        let tau = self.tau;
+        if self.priorities.iter().all(|&p| p <= tau) {
+            return;
+        }
+        let keep: Vec<bool> = self.priorities.iter().map(|&p| p <= tau).collect();
+        let mut i = 0;
+        self.priorities.retain(|_| {
+            i += 1;
+            keep[i - 1]
+        });
+        for col in self.values.values_mut() {
+            let mut i = 0;
+            col.retain(|_| {
+                i += 1;
+                keep[i - 1]
+            });
+        }
+    }
+}
+
+/// The priority of record `row` of the version with seed `seed`
+/// (splitmix64 of their combination).
+pub fn priority(seed: u64, row: u64) -> u64 {
+    let mut z = seed.wrapping_add(row.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A seed for a version's priorities (FNV-1a of the key text): stable
+/// across restarts and builds.
+pub fn seed_of(model: &str, version: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in model.bytes().chain([0]).chain(version.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// What applying a batch changed, for the store.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// New contributions to buckets: (bucket, record index of the first
+    /// row, delta).
+    pub deltas: Vec<(u64, u64, Bucket)>,
+    /// Buckets that closed: store their whole state, replacing their
+    /// deltas.
+    pub closed: BTreeSet<u64>,
+    /// Buckets whose threshold dropped: (bucket, new threshold). Their
+    /// stored rows above it are dropped when they are read back.
+    pub pruned: BTreeMap<u64, u64>,
+    /// Buckets that left the window.
+    pub removed: Vec<u64>,
+}
+
+/// One window of one model version.
 #[derive(Debug, Clone)]
-enum Ring {
-    Numeric(VecDeque<f64>),
-    Categorical(VecDeque<String>),
+pub struct Window {
+    spec: WindowSpec,
+    limits: Limits,
+    binning: Arc<Binning>,
+    seed: u64,
+    buckets: BTreeMap<u64, Bucket>,
 }
 
 /// A point-in-time copy of a window, prepared for the statistics.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
+    /// Records in the window.
+    pub records: u64,
+    /// Rows in the sample.
+    pub sample_rows: u64,
     /// Per feature name.
     pub features: BTreeMap<String, FeatureSample>,
 }
@@ -48,247 +452,469 @@ pub struct FeatureSample {
     pub role: Role,
     /// Missing values in the window.
     pub missing: u64,
-    /// The non-missing values.
+    /// Non-missing values in the window.
+    pub n: u64,
+    /// What the statistics use.
     pub data: SampleData,
 }
 
 /// Non-missing window values in the form the statistics want.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SampleData {
-    /// Finite values, sorted ascending.
-    Numeric(Vec<f64>),
-    /// Count per non-empty category.
+    /// Numeric.
+    Numeric {
+        /// The sampled finite values, sorted ascending.
+        sample: Vec<f64>,
+        /// Exact counts over the reference's bins, when the whole window
+        /// was binned against the reference in force.
+        bins: Option<Vec<u64>>,
+        /// Sum of all non-missing values.
+        sum: f64,
+    },
+    /// Count per category (the most frequent `max_categories`, the rest
+    /// under [`OTHER`]).
     Categorical(BTreeMap<String, u64>),
 }
 
 impl FeatureSample {
-    /// Non-missing values.
-    pub fn n(&self) -> u64 {
-        match &self.data {
-            SampleData::Numeric(v) => v.len() as u64,
-            SampleData::Categorical(c) => c.values().sum(),
-        }
-    }
-
     /// The feature's kind.
     pub fn kind(&self) -> Kind {
         match self.data {
-            SampleData::Numeric(_) => Kind::Numeric,
+            SampleData::Numeric { .. } => Kind::Numeric,
             SampleData::Categorical(_) => Kind::Categorical,
         }
     }
+
+    /// Values the sample-based statistics see.
+    pub fn sample_len(&self) -> u64 {
+        match &self.data {
+            SampleData::Numeric { sample, .. } => sample.len() as u64,
+            SampleData::Categorical(_) => self.n,
+        }
+    }
 }
 
-impl CountWindow {
-    /// An empty window keeping the last `capacity` values per feature.
-    pub fn new(capacity: NonZeroUsize) -> Self {
+impl Window {
+    /// An empty window.
+    pub fn new(spec: WindowSpec, limits: Limits, binning: Arc<Binning>, seed: u64) -> Self {
         Self {
-            capacity,
-            features: BTreeMap::new(),
+            spec,
+            limits,
+            binning,
+            seed,
+            buckets: BTreeMap::new(),
         }
     }
 
-    /// Appends a batch, evicting the oldest values beyond capacity. A column
-    /// whose kind differs from the feature's window replaces that window
-    /// (the engine rejects such batches before they get here).
-    pub fn push(&mut self, batch: &Batch) {
-        let cap = self.capacity.get();
-        for col in &batch.columns {
-            let fw = self
-                .features
-                .entry(col.name.clone())
-                .or_insert_with(|| FeatureWindow::new(col.role, col.values.kind()));
-            if fw.kind() != col.values.kind() {
-                *fw = FeatureWindow::new(col.role, col.values.kind());
+    /// A window from stored buckets, each already merged from its parts.
+    pub fn restore(
+        spec: WindowSpec,
+        limits: Limits,
+        binning: Arc<Binning>,
+        seed: u64,
+        buckets: BTreeMap<u64, Bucket>,
+    ) -> Self {
+        Self {
+            spec,
+            limits,
+            binning,
+            seed,
+            buckets,
+        }
+    }
+
+    /// The window's configuration.
+    pub fn spec(&self) -> &WindowSpec {
+        &self.spec
+    }
+
+    /// A copy holding only the buckets live at `now_ms`, for evaluating off
+    /// the lock.
+    pub fn live_copy(&self, now_ms: i64, total: u64) -> Window {
+        let first = self.spec.first_live(now_ms, total);
+        Window {
+            spec: self.spec.clone(),
+            limits: self.limits,
+            binning: self.binning.clone(),
+            seed: self.seed,
+            buckets: self
+                .buckets
+                .range(first..)
+                .map(|(k, b)| (*k, b.clone()))
+                .collect(),
+        }
+    }
+
+    /// The stored state of a bucket.
+    pub fn bucket(&self, id: u64) -> Option<&Bucket> {
+        self.buckets.get(&id)
+    }
+
+    /// Buckets held, live or not yet removed.
+    pub fn bucket_ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.buckets.keys().copied()
+    }
+
+    /// Applies rows `skip..` of `batch`, which arrived at `arrival_ms` and
+    /// whose row `skip` has record index `first_row`; then drops buckets
+    /// that left the window and prunes the sample. Records what changed.
+    pub fn apply(
+        &mut self,
+        batch: &Batch,
+        skip: usize,
+        arrival_ms: i64,
+        first_row: u64,
+        changes: &mut Changes,
+    ) {
+        let mut lo = skip;
+        while lo < batch.n_rows {
+            let row = first_row + (lo - skip) as u64;
+            let id = self.spec.bucket_of(arrival_ms, row);
+            let hi = match self.spec.span {
+                Span::Time { .. } => batch.n_rows,
+                Span::Count { bucket_records, .. } => {
+                    let end = (id + 1) * bucket_records;
+                    batch.n_rows.min(lo + (end - row) as usize)
+                }
+            };
+            if !self.buckets.contains_key(&id) {
+                // A newer bucket closes the previous newest one: store it
+                // whole, replacing its per-batch parts.
+                if let Some((&last, _)) = self.buckets.iter().next_back() {
+                    if last < id {
+                        changes.closed.insert(last);
+                    }
+                }
+                let tau = self.new_tau();
+                self.buckets.insert(id, Bucket::empty(tau));
             }
-            fw.role = col.role;
-            match (&mut fw.ring, &col.values) {
-                (Ring::Numeric(ring), Values::Numeric(v)) => {
-                    // Only the last `cap` values of a large batch can stay.
-                    let v = &v[v.len().saturating_sub(cap)..];
-                    for &x in v {
-                        if ring.len() == cap {
-                            if let Some(old) = ring.pop_front() {
-                                fw.missing -= u64::from(!old.is_finite());
-                            }
-                        }
-                        fw.missing += u64::from(!x.is_finite());
-                        ring.push_back(x);
-                    }
-                }
-                (Ring::Categorical(ring), Values::Categorical(v)) => {
-                    let v = &v[v.len().saturating_sub(cap)..];
-                    for s in v {
-                        if ring.len() == cap {
-                            if let Some(old) = ring.pop_front() {
-                                fw.missing -= u64::from(old.is_empty());
-                            }
-                        }
-                        fw.missing += u64::from(s.is_empty());
-                        ring.push_back(s.clone());
-                    }
-                }
-                // Kinds were aligned just above.
-                _ => {}
+            let Some(bucket) = self.buckets.get(&id) else {
+                break;
+            };
+            let delta = make_delta(
+                bucket,
+                batch,
+                lo..hi,
+                row,
+                self.seed,
+                &self.binning,
+                self.limits,
+            );
+            if let Some(b) = self.buckets.get_mut(&id) {
+                b.merge(&delta);
+            }
+            changes.deltas.push((id, row, delta));
+            lo = hi;
+        }
+        let total = first_row + (batch.n_rows - skip.min(batch.n_rows)) as u64;
+        changes.removed.extend(self.expire(arrival_ms, total));
+        self.enforce_cap(changes);
+    }
+
+    /// Drops buckets that left the window; returns their ids.
+    pub fn expire(&mut self, now_ms: i64, total: u64) -> Vec<u64> {
+        let first = self.spec.first_live(now_ms, total);
+        let keep = self.buckets.split_off(&first);
+        let gone = std::mem::replace(&mut self.buckets, keep);
+        gone.into_keys().collect()
+    }
+
+    /// The threshold of a new bucket: the newest bucket's, raised when the
+    /// window holds fewer sampled rows than wanted.
+    fn new_tau(&self) -> u64 {
+        let Some(newest) = self.buckets.values().next_back() else {
+            return KEEP_ALL;
+        };
+        let held: usize = self.buckets.values().map(|b| b.priorities.len()).sum();
+        let want = self.limits.sample_size;
+        if held >= want {
+            return newest.tau;
+        }
+        let scale = want as f64 / held.max(1) as f64;
+        let raised = newest.tau as f64 * scale;
+        if raised >= KEEP_ALL as f64 {
+            KEEP_ALL
+        } else {
+            (raised as u64).max(newest.tau)
+        }
+    }
+
+    /// Keeps the rows held by the window's buckets near `sample_size`.
+    fn enforce_cap(&mut self, changes: &mut Changes) {
+        let k = self.limits.sample_size.max(1);
+        let held: usize = self.buckets.values().map(|b| b.priorities.len()).sum();
+        if held <= k + k / 5 {
+            return;
+        }
+        let mut all: Vec<u64> = self
+            .buckets
+            .values()
+            .flat_map(|b| b.priorities.iter().copied())
+            .collect();
+        let target = (k + k / 20).min(all.len() - 1);
+        let (_, &mut tau, _) = all.select_nth_unstable(target);
+        // Rows at exactly `tau` stay, so the threshold is one below the
+        // (target+1)-th priority.
+        let tau = tau.saturating_sub(1);
+        for (&id, b) in &mut self.buckets {
+            if b.tau > tau {
+                b.prune(tau);
+                changes.pruned.insert(id, tau);
             }
         }
     }
 
-    /// Rows in the window: the longest feature ring.
-    pub fn records(&self) -> u64 {
-        self.features.values().map(|f| f.len()).max().unwrap_or(0) as u64
+    /// The smallest threshold among the live buckets: the window's sample
+    /// is drawn from rows with priority at most this.
+    pub fn threshold(&self, now_ms: i64, total: u64) -> u64 {
+        let first = self.spec.first_live(now_ms, total);
+        self.buckets
+            .range(first..)
+            .map(|(_, b)| b.tau)
+            .min()
+            .unwrap_or(KEEP_ALL)
     }
 
-    /// Per feature: (non-missing values, missing values) currently held.
-    pub fn counts(&self) -> BTreeMap<&str, (u64, u64)> {
-        self.features
-            .iter()
-            .map(|(k, f)| (k.as_str(), (f.len() as u64 - f.missing, f.missing)))
-            .collect()
+    /// Records in the window at `now_ms` after `total` records.
+    pub fn records(&self, now_ms: i64, total: u64) -> u64 {
+        let first = self.spec.first_live(now_ms, total);
+        self.buckets.range(first..).map(|(_, b)| b.rows).sum()
     }
 
-    /// Role of every feature in the window.
-    pub fn roles(&self) -> BTreeMap<&str, Role> {
-        self.features
-            .iter()
-            .map(|(k, f)| (k.as_str(), f.role))
-            .collect()
-    }
-
-    /// Copies the window into sorted, statistics-ready form.
-    pub fn snapshot(&self) -> Snapshot {
-        let features = self
-            .features
-            .iter()
-            .map(|(name, fw)| {
-                let data = match &fw.ring {
-                    Ring::Numeric(ring) => {
-                        let mut v: Vec<f64> =
-                            ring.iter().copied().filter(|x| x.is_finite()).collect();
-                        v.sort_unstable_by(f64::total_cmp);
-                        SampleData::Numeric(v)
-                    }
-                    Ring::Categorical(ring) => {
-                        let mut counts = BTreeMap::new();
-                        for s in ring.iter().filter(|s| !s.is_empty()) {
-                            *counts.entry(s.clone()).or_insert(0) += 1;
-                        }
-                        SampleData::Categorical(counts)
-                    }
+    /// Per feature: (non-missing, missing, role) in the window.
+    pub fn counts(&self, now_ms: i64, total: u64) -> BTreeMap<String, (u64, u64, Role)> {
+        let first = self.spec.first_live(now_ms, total);
+        let mut out: BTreeMap<String, (u64, u64, Role)> = BTreeMap::new();
+        for (_, b) in self.buckets.range(first..) {
+            for (name, a) in &b.features {
+                let e = out.entry(name.clone()).or_insert((0, 0, a.role));
+                e.2 = a.role;
+                e.0 += match &a.data {
+                    AggData::Numeric { n, .. } => *n,
+                    AggData::Categorical { counts, other } => counts.values().sum::<u64>() + other,
                 };
-                (
-                    name.clone(),
-                    FeatureSample {
-                        role: fw.role,
-                        missing: fw.missing,
-                        data,
-                    },
-                )
+                e.1 += a.missing;
+            }
+        }
+        out
+    }
+
+    /// Copies the window into statistics-ready form: merged counts, the
+    /// bottom-k sample, values sorted.
+    pub fn snapshot(&self, now_ms: i64, total: u64) -> Snapshot {
+        let first = self.spec.first_live(now_ms, total);
+        let live: Vec<&Bucket> = self.buckets.range(first..).map(|(_, b)| b).collect();
+        let tau = live.iter().map(|b| b.tau).min().unwrap_or(KEEP_ALL);
+        // (priority, bucket index, row index) of every candidate row.
+        let mut rows: Vec<(u64, usize, usize)> = live
+            .iter()
+            .enumerate()
+            .flat_map(|(bi, b)| {
+                b.priorities
+                    .iter()
+                    .enumerate()
+                    .filter(move |(_, &p)| p <= tau)
+                    .map(move |(ri, &p)| (p, bi, ri))
             })
             .collect();
-        Snapshot { features }
+        let k = self.limits.sample_size;
+        if rows.len() > k {
+            if k == 0 {
+                rows.clear();
+            } else {
+                rows.select_nth_unstable(k - 1);
+                rows.truncate(k);
+            }
+        }
+        let mut features: BTreeMap<String, FeatureSample> = BTreeMap::new();
+        let mut partial_bins: BTreeSet<String> = BTreeSet::new();
+        let mut others: BTreeMap<String, u64> = BTreeMap::new();
+        let mut records = 0;
+        for b in &live {
+            records += b.rows;
+            for (name, a) in &b.features {
+                let f = features
+                    .entry(name.clone())
+                    .or_insert_with(|| FeatureSample {
+                        role: a.role,
+                        missing: 0,
+                        n: 0,
+                        data: match a.data.kind() {
+                            Kind::Numeric => SampleData::Numeric {
+                                sample: Vec::new(),
+                                bins: None,
+                                sum: 0.0,
+                            },
+                            Kind::Categorical => SampleData::Categorical(BTreeMap::new()),
+                        },
+                    });
+                f.role = a.role;
+                f.missing += a.missing;
+                match (&mut f.data, &a.data) {
+                    (
+                        SampleData::Numeric { bins, sum, .. },
+                        AggData::Numeric {
+                            n,
+                            sum: s,
+                            bins: b2,
+                        },
+                    ) => {
+                        f.n += n;
+                        *sum += s;
+                        if b2.is_empty() {
+                            partial_bins.insert(name.clone());
+                        } else {
+                            match bins {
+                                None => *bins = Some(b2.clone()),
+                                Some(x) if x.len() == b2.len() => {
+                                    x.iter_mut().zip(b2).for_each(|(x, y)| *x += y);
+                                }
+                                Some(_) => {
+                                    partial_bins.insert(name.clone());
+                                }
+                            }
+                        }
+                    }
+                    (SampleData::Categorical(c), AggData::Categorical { counts, other }) => {
+                        f.n += counts.values().sum::<u64>() + other;
+                        *others.entry(name.clone()).or_insert(0) += other;
+                        for (k, v) in counts {
+                            *c.entry(k.clone()).or_insert(0) += v;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for (name, f) in &mut features {
+            match &mut f.data {
+                SampleData::Numeric { sample, bins, .. } => {
+                    if partial_bins.contains(name) {
+                        *bins = None;
+                    }
+                    sample.reserve(rows.len());
+                    for &(_, bi, ri) in &rows {
+                        if let Some(x) = live[bi].values.get(name).map(|v| v[ri]) {
+                            if x.is_finite() {
+                                sample.push(x);
+                            }
+                        }
+                    }
+                    sample.sort_unstable_by(f64::total_cmp);
+                }
+                SampleData::Categorical(c) => {
+                    let mut other = others.get(name).copied().unwrap_or(0);
+                    if c.len() > self.limits.max_categories {
+                        let mut by_count: Vec<(String, u64)> =
+                            std::mem::take(c).into_iter().collect();
+                        by_count.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+                        for (i, (k, v)) in by_count.into_iter().enumerate() {
+                            if i < self.limits.max_categories {
+                                c.insert(k, v);
+                            } else {
+                                other += v;
+                            }
+                        }
+                    }
+                    if other > 0 {
+                        *c.entry(OTHER.to_string()).or_insert(0) += other;
+                    }
+                }
+            }
+        }
+        Snapshot {
+            records,
+            sample_rows: rows.len() as u64,
+            features,
+        }
     }
 }
 
-impl FeatureWindow {
-    fn new(role: Role, kind: Kind) -> Self {
-        let ring = match kind {
-            Kind::Numeric => Ring::Numeric(VecDeque::new()),
-            Kind::Categorical => Ring::Categorical(VecDeque::new()),
+/// The contribution of `batch` rows `range` (the first with record index
+/// `first_row`) to `bucket`.
+fn make_delta(
+    bucket: &Bucket,
+    batch: &Batch,
+    range: std::ops::Range<usize>,
+    first_row: u64,
+    seed: u64,
+    binning: &Binning,
+    limits: Limits,
+) -> Bucket {
+    let mut d = Bucket::empty(bucket.tau);
+    d.rows = range.len() as u64;
+    let kept: Vec<usize> = range
+        .clone()
+        .filter(|&i| priority(seed, first_row + (i - range.start) as u64) <= bucket.tau)
+        .collect();
+    d.priorities = kept
+        .iter()
+        .map(|&i| priority(seed, first_row + (i - range.start) as u64))
+        .collect();
+    for col in &batch.columns {
+        let (missing, data) = match &col.values {
+            Values::Numeric(v) => {
+                let v = &v[range.clone()];
+                let edges = binning.edges.get(&col.name);
+                let mut bins = edges.map(|e| vec![0u64; e.len() + 1]).unwrap_or_default();
+                let (mut n, mut sum, mut missing) = (0u64, 0.0, 0u64);
+                for &x in v {
+                    if x.is_finite() {
+                        n += 1;
+                        sum += x;
+                        if let Some(e) = edges {
+                            bins[stats::bin_index(e, x)] += 1;
+                        }
+                    } else {
+                        missing += 1;
+                    }
+                }
+                d.values.insert(
+                    col.name.clone(),
+                    kept.iter().map(|&i| v[i - range.start]).collect(),
+                );
+                (missing, AggData::Numeric { n, sum, bins })
+            }
+            Values::Categorical(v) => {
+                let known = binning.categories.get(&col.name);
+                let existing = match bucket.features.get(&col.name).map(|a| &a.data) {
+                    Some(AggData::Categorical { counts, .. }) => Some(counts),
+                    _ => None,
+                };
+                let is_ref = |c: &str| known.is_some_and(|k| k.contains(c));
+                let mut extra = existing
+                    .map(|c| c.keys().filter(|k| !is_ref(k)).count())
+                    .unwrap_or(0);
+                let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+                let (mut other, mut missing) = (0u64, 0u64);
+                for s in &v[range.clone()] {
+                    if s.is_empty() {
+                        missing += 1;
+                    } else if let Some(c) = counts.get_mut(s.as_str()) {
+                        *c += 1;
+                    } else if is_ref(s) || existing.is_some_and(|e| e.contains_key(s.as_str())) {
+                        counts.insert(s.clone(), 1);
+                    } else if extra < limits.max_categories {
+                        extra += 1;
+                        counts.insert(s.clone(), 1);
+                    } else {
+                        other += 1;
+                    }
+                }
+                (missing, AggData::Categorical { counts, other })
+            }
         };
-        Self {
-            role,
-            ring,
-            missing: 0,
-        }
+        d.features.insert(
+            col.name.clone(),
+            Agg {
+                role: col.role,
+                missing,
+                data,
+            },
+        );
     }
-
-    fn kind(&self) -> Kind {
-        match self.ring {
-            Ring::Numeric(_) => Kind::Numeric,
-            Ring::Categorical(_) => Kind::Categorical,
-        }
-    }
-
-    fn len(&self) -> usize {
-        match &self.ring {
-            Ring::Numeric(r) => r.len(),
-            Ring::Categorical(r) => r.len(),
-        }
-    }
+    d
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::domain::{Column, ModelKey};
-    use proptest::prelude::*;
-
-    fn batch(xs: Vec<f64>, cats: Vec<String>) -> Batch {
-        let n_rows = xs.len();
-        Batch {
-            key: ModelKey {
-                model: "m".into(),
-                version: "v".into(),
-            },
-            columns: vec![
-                Column {
-                    name: "x".into(),
-                    role: Role::Input,
-                    values: Values::Numeric(xs),
-                },
-                Column {
-                    name: "c".into(),
-                    role: Role::Output,
-                    values: Values::Categorical(cats),
-                },
-            ],
-            n_rows,
-        }
-    }
-
-    fn value() -> impl Strategy<Value = f64> {
-        prop_oneof![
-            8 => (-100i32..100).prop_map(f64::from),
-            1 => Just(f64::NAN),
-            1 => Just(f64::INFINITY),
-        ]
-    }
-
-    proptest! {
-        /// The incremental window equals a from-scratch computation over the
-        /// last `cap` values of the same event log.
-        #[test]
-        fn incremental_equals_recomputation(
-            cap in 1usize..40,
-            batches in prop::collection::vec(prop::collection::vec((value(), 0u8..4), 1..25), 1..12),
-        ) {
-            let mut w = CountWindow::new(NonZeroUsize::new(cap).unwrap());
-            let mut log_x = Vec::new();
-            let mut log_c = Vec::new();
-            for rows in &batches {
-                let xs: Vec<f64> = rows.iter().map(|r| r.0).collect();
-                let cs: Vec<String> = rows.iter().map(|r| if r.1 == 0 { String::new() } else { format!("k{}", r.1) }).collect();
-                log_x.extend(xs.iter().copied());
-                log_c.extend(cs.iter().cloned());
-                w.push(&batch(xs, cs));
-            }
-            let tail_x = &log_x[log_x.len().saturating_sub(cap)..];
-            let tail_c = &log_c[log_c.len().saturating_sub(cap)..];
-            let mut sorted: Vec<f64> = tail_x.iter().copied().filter(|x| x.is_finite()).collect();
-            sorted.sort_by(f64::total_cmp);
-            let mut counts = BTreeMap::new();
-            for c in tail_c.iter().filter(|c| !c.is_empty()) {
-                *counts.entry(c.clone()).or_insert(0u64) += 1;
-            }
-            let snap = w.snapshot();
-            let fx = &snap.features["x"];
-            prop_assert_eq!(&fx.data, &SampleData::Numeric(sorted));
-            prop_assert_eq!(fx.missing, tail_x.iter().filter(|x| !x.is_finite()).count() as u64);
-            let fc = &snap.features["c"];
-            prop_assert_eq!(&fc.data, &SampleData::Categorical(counts));
-            prop_assert_eq!(fc.missing, tail_c.iter().filter(|c| c.is_empty()).count() as u64);
-            prop_assert_eq!(w.records(), tail_x.len() as u64);
-        }
-    }
-}
+mod tests;

@@ -47,6 +47,27 @@ impl Service {
         })
     }
 
+    /// The idempotent producer of a batch, if it names one.
+    fn producer(
+        &self,
+        batch: &Option<pb::RecordBatch>,
+        prefix: &str,
+    ) -> Result<Option<engine::Producer>, Status> {
+        let Some(b) = batch.as_ref().filter(|b| !b.producer_id.is_empty()) else {
+            return Ok(None);
+        };
+        domain::validate_name(&b.producer_id).map_err(|e| {
+            self.reject(
+                RejectReason::InvalidName,
+                Status::invalid_argument(format!("{prefix}batch.producer_id: {e}")),
+            )
+        })?;
+        Ok(Some(engine::Producer {
+            id: b.producer_id.clone(),
+            sequence: b.sequence,
+        }))
+    }
+
     fn engine_error(&self, e: engine::Error, prefix: &str) -> Status {
         match e {
             engine::Error::QueueFull => self.reject(
@@ -72,12 +93,16 @@ impl Service {
                 tracing::error!(error = %error, "Store write failed");
                 self.reject(
                     RejectReason::StoreError,
-                    Status::unavailable("store unavailable; batch not acknowledged"),
+                    Status::unavailable(format!(
+                        "{prefix}store unavailable ({error}); batch not acknowledged, retry later"
+                    )),
                 )
             }
             engine::Error::Flush => self.reject(
                 RejectReason::StoreError,
-                Status::unavailable("store flush failed; batch not acknowledged"),
+                Status::unavailable(
+                    "store flush failed (disk full or I/O error); batch not acknowledged, retry later",
+                ),
             ),
         }
     }
@@ -100,9 +125,11 @@ impl pb::driftd_server::Driftd for Service {
             summary.batches += 1;
             summary.records += a.records;
             summary.missing_values += a.missing_values;
+            summary.duplicates += u64::from(a.duplicate);
         };
         while let Some(msg) = stream.message().await? {
             let prefix = format!("batch {idx}: ");
+            let producer = self.producer(&msg.batch, &prefix)?;
             let batch = self.convert(msg.batch, &prefix)?;
             if in_flight.len() >= STREAM_IN_FLIGHT {
                 if let Some((p, fut)) = in_flight.pop_front() {
@@ -113,7 +140,7 @@ impl pb::driftd_server::Driftd for Service {
             let engine = self.engine.clone();
             in_flight.push_back((
                 prefix,
-                tokio::spawn(async move { engine.ingest_waiting(batch).await }),
+                tokio::spawn(async move { engine.ingest_waiting(batch, producer).await }),
             ));
             idx += 1;
         }
@@ -128,15 +155,18 @@ impl pb::driftd_server::Driftd for Service {
         &self,
         request: Request<pb::IngestRequest>,
     ) -> Result<Response<pb::IngestResponse>, Status> {
-        let batch = self.convert(request.into_inner().batch, "")?;
+        let msg = request.into_inner();
+        let producer = self.producer(&msg.batch, "")?;
+        let batch = self.convert(msg.batch, "")?;
         let ack = self
             .engine
-            .ingest(batch)
+            .ingest_from(batch, producer)
             .await
             .map_err(|e| self.engine_error(e, ""))?;
         Ok(Response::new(pb::IngestResponse {
             records: ack.records,
             missing_values: ack.missing_values,
+            duplicate: ack.duplicate,
         }))
     }
 
@@ -181,7 +211,7 @@ impl pb::driftd_server::Driftd for Service {
         };
         let ack = self
             .engine
-            .set_reference(key.clone(), batches)
+            .set_reference(key.clone(), batches, crate::reference::Source::SetReference)
             .await
             .map_err(|e| self.engine_error(e, ""))?;
         Ok(Response::new(pb::SetReferenceResponse {
@@ -207,6 +237,7 @@ impl pb::driftd_server::Driftd for Service {
         Ok(Response::new(pb::IngestResponse {
             records: ack.records,
             missing_values: ack.missing_values,
+            duplicate: ack.duplicate,
         }))
     }
 
@@ -532,9 +563,41 @@ fn verdict_to_proto(v: Verdict) -> i32 {
     }
 }
 
+fn feature_to_proto(f: engine::FeatureStatus) -> pb::FeatureStatus {
+    pb::FeatureStatus {
+        name: f.name,
+        role: match f.role {
+            Role::Input => pb::ColumnRole::Input as i32,
+            Role::Output => pb::ColumnRole::Output as i32,
+        },
+        kind: f.kind.as_str().to_string(),
+        window_samples: f.window_samples,
+        window_missing: f.window_missing,
+        window_sample_size: f.window_sample_size,
+        reference_samples: f.reference_samples,
+        psi: f.psi,
+        ks_statistic: f.ks_statistic,
+        ks_pvalue: f.ks_pvalue,
+        chi2_statistic: f.chi2_statistic,
+        chi2_pvalue: f.chi2_pvalue,
+        verdict: verdict_to_proto(f.verdict),
+    }
+}
+
 fn version_to_proto(v: engine::VersionStatus) -> pb::VersionStatus {
     use crate::rules::State as RuleState;
     pb::VersionStatus {
+        reference_hash: v.reference_hash.unwrap_or_default(),
+        windows: v
+            .windows
+            .into_iter()
+            .map(|w| pb::WindowStatus {
+                name: w.name,
+                records: w.records,
+                sample_rows: w.sample_rows,
+                features: w.features.into_iter().map(feature_to_proto).collect(),
+            })
+            .collect(),
         model: v.model,
         version: v.version,
         records_ingested: v.records_ingested,
@@ -544,27 +607,7 @@ fn version_to_proto(v: engine::VersionStatus) -> pb::VersionStatus {
         window_records: v.window_records,
         last_evaluation_unix_ms: v.last_evaluation_unix_ms.unwrap_or(0),
         verdict: verdict_to_proto(v.verdict),
-        features: v
-            .features
-            .into_iter()
-            .map(|f| pb::FeatureStatus {
-                name: f.name,
-                role: match f.role {
-                    Role::Input => pb::ColumnRole::Input as i32,
-                    Role::Output => pb::ColumnRole::Output as i32,
-                },
-                kind: f.kind.as_str().to_string(),
-                window_samples: f.window_samples,
-                window_missing: f.window_missing,
-                reference_samples: f.reference_samples,
-                psi: f.psi,
-                ks_statistic: f.ks_statistic,
-                ks_pvalue: f.ks_pvalue,
-                chi2_statistic: f.chi2_statistic,
-                chi2_pvalue: f.chi2_pvalue,
-                verdict: verdict_to_proto(f.verdict),
-            })
-            .collect(),
+        features: v.features.into_iter().map(feature_to_proto).collect(),
         rules: v
             .rules
             .into_iter()
@@ -582,6 +625,7 @@ fn version_to_proto(v: engine::VersionStatus) -> pb::VersionStatus {
                 },
                 consecutive: r.consecutive,
                 firing_since_unix_ms: r.firing_since_unix_ms.unwrap_or(0),
+                window: r.window,
             })
             .collect(),
     }

@@ -200,7 +200,7 @@ impl Kserve {
 
     async fn ingest_now(&self, batch: Batch) {
         let model = batch.key.model.clone();
-        if let Err(error) = self.engine.ingest_waiting(batch).await {
+        if let Err(error) = self.engine.ingest_waiting(batch, None).await {
             self.metrics.cloudevent(CloudEventOutcome::IngestFailed);
             tracing::warn!(model = %model, error = %error, "CloudEvent batch refused");
         }

@@ -70,7 +70,7 @@ pub fn wasserstein_and_norm(sorted_ref: &[f64], sorted_cur: &[f64]) -> (f64, Opt
 /// Sample standard deviation like `numpy.std(x, ddof=1)` (two-pass), with
 /// the squared deviations streamed into the pairwise sum rather than
 /// collected first; the grouping, and so the result, is the same.
-fn std_ddof1(x: &[f64]) -> f64 {
+pub fn std_ddof1(x: &[f64]) -> f64 {
     let n = x.len() as f64;
     let mean = pairwise_sum(x) / n;
     let mut it = x.iter();

@@ -1,5 +1,5 @@
 use super::*;
-use crate::config::Config;
+use crate::{config::Config, reference::Source};
 
 fn cfg(dir: &Path) -> StoreConfig {
     StoreConfig {
@@ -35,105 +35,151 @@ fn batch(k: &ModelKey, xs: Vec<f64>) -> Batch {
     }
 }
 
-#[tokio::test]
-async fn everything_written_and_flushed_survives_reopen() {
-    let dir = tempfile::tempdir().unwrap();
+fn bucket(rows: u64, x: f64) -> Bucket {
+    Bucket {
+        rows,
+        tau: u64::MAX,
+        features: BTreeMap::new(),
+        priorities: vec![7],
+        values: [("x".to_string(), vec![x])].into(),
+    }
+}
+
+fn reference() -> Reference {
+    let mut b = crate::reference::Builder::default();
+    b.push(&batch(&key("m", "v"), vec![1.0, 2.0, f64::NAN]), usize::MAX);
+    b.build(
+        Source::SetReference,
+        crate::reference::Settings {
+            bins: std::num::NonZeroUsize::new(10).unwrap(),
+            sample_size: 100,
+            max_categories: 10,
+        },
+    )
+}
+
+/// Runs the round trip against any backend.
+async fn round_trip(s: &Store, reopen: impl Fn() -> Store) {
     let a = key("a", "b");
-    // "a\0bc" must not be mistaken for a batch of "a\0b".
+    // "a\0bc" must not be mistaken for an entry of "a\0b".
     let a2 = key("a", "bc");
-    let stored: Vec<StoredBatch> = (0..3)
-        .map(|seq| StoredBatch {
-            seq,
-            cumulative_records: (seq + 1) * 2,
-            batch: batch(&a, vec![seq as f64, f64::NAN]),
-        })
-        .collect();
-    let reference = StoredReference {
-        source: Source::SetReference,
-        records: 3,
-        features: BTreeMap::from([
-            (
-                "x".to_string(),
-                (
-                    Role::Input,
-                    RawFeature::Numeric {
-                        sorted: vec![1.0, 2.0],
-                        missing: 1,
-                    },
-                ),
-            ),
-            (
-                "c".to_string(),
-                (
-                    Role::Output,
-                    RawFeature::Categorical {
-                        counts: BTreeMap::from([("k".to_string(), 3)]),
-                        missing: 0,
-                    },
-                ),
-            ),
-        ]),
-    };
     let rule = Tracker {
         consecutive: 4,
         clear: 2,
         firing_since_ms: Some(-5),
     };
-    {
-        let s = Store::open(&cfg(dir.path())).unwrap();
-        for b in &stored {
-            s.put_batch(b).unwrap();
-        }
-        s.put_batch(&StoredBatch {
-            seq: 0,
-            cumulative_records: 1,
-            batch: batch(&a2, vec![9.0]),
-        })
+    s.put_raw_batch(&a, 0, &batch(&a, vec![0.0, f64::NAN]))
         .unwrap();
-        s.delete_batches_before(&a, 1).unwrap();
-        s.put_reference(&a, &reference).unwrap();
-        s.put_rule(&a, "psi", &rule).unwrap();
-        s.put_rule(&a, "ks", &Tracker::default()).unwrap();
-        s.outbox_put(
-            "hook",
-            &OutboxEntry {
-                id: "e1".into(),
-                created_ms: 7,
-                attempts: 2,
-                next_attempt_ms: 9,
-                body: b"{}".to_vec(),
+    s.put_raw_batch(&a, 1, &batch(&a, vec![1.0])).unwrap();
+    // Written but past the commit point: never read back.
+    s.put_raw_batch(&a, 2, &batch(&a, vec![2.0])).unwrap();
+    let meta = VersionMeta {
+        records_ingested: 30,
+        next_raw_seq: 2,
+        producers: [("p1".to_string(), 9)].into(),
+    };
+    s.commit(
+        &a,
+        &Commit {
+            deltas: vec![
+                ("5m".into(), 3, 0, bucket(10, 1.0)),
+                ("5m".into(), 3, 10, bucket(10, 2.0)),
+                ("5m".into(), 4, 20, bucket(10, 3.0)),
+                ("1h".into(), 1, 0, bucket(30, 4.0)),
+            ],
+            wholes: vec![],
+            taus: vec![("5m".into(), 4, 99)],
+            removed: vec![],
+            meta: meta.clone(),
+        },
+    )
+    .unwrap();
+    // Bucket 3 closes (its deltas give way to the whole state), bucket 4
+    // gets a delta beyond the commit point (a crash before the counters
+    // landed), and "1h" bucket 1 leaves its window.
+    s.commit(
+        &a2,
+        &Commit {
+            deltas: vec![("5m".into(), 1, 0, bucket(1, 9.0))],
+            meta: VersionMeta {
+                records_ingested: 1,
+                ..VersionMeta::default()
             },
-        )
-        .unwrap();
-        s.outbox_put(
-            "hook2",
-            &OutboxEntry {
-                id: "e2".into(),
-                created_ms: 1,
-                attempts: 0,
-                next_attempt_ms: 1,
-                body: vec![],
-            },
-        )
-        .unwrap();
-        s.outbox_delete("hook2", "e2").unwrap();
-        s.flush().await.unwrap();
-    }
-    let s = Store::open(&cfg(dir.path())).unwrap();
+            ..Commit::default()
+        },
+    )
+    .unwrap();
+    s.commit(
+        &a,
+        &Commit {
+            wholes: vec![("5m".into(), 3, bucket(20, 5.0))],
+            removed: vec![("1h".into(), 1)],
+            meta: meta.clone(),
+            ..Commit::default()
+        },
+    )
+    .unwrap();
+    s.commit(
+        &a,
+        &Commit {
+            deltas: vec![("5m".into(), 4, 30, bucket(10, 6.0))],
+            meta: meta.clone(),
+            ..Commit::default()
+        },
+    )
+    .unwrap();
+    s.put_reference(&a, &reference()).unwrap();
+    s.put_rule(&a, "psi", &rule).unwrap();
+    s.put_rule(&a, "ks", &Tracker::default()).unwrap();
+    s.outbox_put(
+        "hook",
+        &OutboxEntry {
+            id: "e1".into(),
+            created_ms: 7,
+            attempts: 2,
+            next_attempt_ms: 9,
+            body: b"{}".to_vec(),
+        },
+    )
+    .unwrap();
+    s.outbox_put(
+        "hook2",
+        &OutboxEntry {
+            id: "e2".into(),
+            created_ms: 1,
+            attempts: 0,
+            next_attempt_ms: 1,
+            body: vec![],
+        },
+    )
+    .unwrap();
+    s.outbox_delete("hook2", "e2").unwrap();
+    s.flush().await.unwrap();
+
+    let s = reopen();
     let loaded = s.load().unwrap();
     assert_eq!(loaded.len(), 2);
     let v = &loaded[0];
     assert_eq!(v.key, a);
-    assert_eq!(v.batches.len(), 2);
-    assert_eq!(v.batches[0].seq, 1);
-    assert_eq!(v.batches[1].cumulative_records, 6);
-    // NaN does not compare equal, so compare the bit patterns.
-    let Values::Numeric(xs) = &v.batches[1].batch.columns[0].values else {
+    assert_eq!(v.meta, meta);
+    assert_eq!(v.raw_batches.len(), 2);
+    let Values::Numeric(xs) = &v.raw_batches[0].1.columns[0].values else {
         panic!("numeric column expected")
     };
-    assert_eq!(xs[0], 2.0);
+    assert_eq!(xs[0], 0.0);
     assert!(xs[1].is_nan());
-    assert_eq!(v.reference.as_ref(), Some(&reference));
+    let w = &v.windows["5m"];
+    assert_eq!(w[&3].whole.as_ref().map(|b| b.rows), Some(20));
+    assert!(w[&3].deltas.is_empty());
+    assert_eq!(
+        w[&4].deltas.len(),
+        1,
+        "the delta past the commit point is dropped"
+    );
+    assert_eq!(w[&4].deltas[0].0, 20);
+    assert_eq!(w[&4].tau, Some(99));
+    assert!(v.windows.get("1h").is_none_or(|w| w.is_empty()));
+    assert_eq!(v.reference.as_ref(), Some(&reference()));
     assert_eq!(v.rules.get("psi"), Some(&rule));
     assert_eq!(v.rules.get("ks"), Some(&Tracker::default()));
     let outbox = s.outbox_list(None).unwrap();
@@ -143,7 +189,38 @@ async fn everything_written_and_flushed_survives_reopen() {
     assert_eq!(outbox[0].1.body, b"{}");
     assert!(s.outbox_list(Some("hook2")).unwrap().is_empty());
     assert_eq!(loaded[1].key, a2);
-    assert_eq!(loaded[1].batches.len(), 1);
+    assert_eq!(loaded[1].windows["5m"][&1].deltas.len(), 1);
+
+    s.delete_windows(&a, None).unwrap();
+    s.delete_raw_batches(&a).unwrap();
+    let loaded = s.load().unwrap();
+    assert!(loaded[0].windows.is_empty());
+    assert!(loaded[0].raw_batches.is_empty());
+    assert_eq!(loaded[0].meta, meta, "counters survive a window reset");
+}
+
+#[tokio::test]
+async fn everything_written_and_flushed_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    let s = Store::open(&cfg(&path)).unwrap();
+    let backend = s.backend.clone();
+    round_trip(&s, move || {
+        // Reopen the same sled directory in place.
+        backend.reopen().unwrap();
+        Store::with_backend(path.clone(), backend.clone())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_in_memory_backend_keeps_the_same_contract() {
+    let backend: Arc<dyn Backend> = Arc::new(MemBackend::default());
+    let s = Store::with_backend(PathBuf::from("mem"), backend.clone());
+    round_trip(&s, move || {
+        Store::with_backend(PathBuf::from("mem"), backend.clone())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -162,16 +239,12 @@ async fn other_schema_version_is_refused() {
 #[test]
 fn truncated_values_do_not_decode() {
     let k = key("m", "v");
-    let enc = encode_batch(&StoredBatch {
-        seq: 0,
-        cumulative_records: 2,
-        batch: batch(&k, vec![1.0, 2.0]),
-    });
+    let enc = encode_batch(&batch(&k, vec![1.0, 2.0]));
     for cut in 0..enc.len() {
         assert!(
-            decode_batch(&enc[..cut], k.clone(), 0).is_none(),
+            decode_batch(&enc[..cut], k.clone()).is_none(),
             "cut at {cut}"
         );
     }
-    assert!(decode_batch(&enc, k, 0).is_some());
+    assert!(decode_batch(&enc, k).is_some());
 }

@@ -61,14 +61,14 @@ fn check_config_prints_the_effective_configuration() {
     let out = driftd()
         .args(["check-config", "--config"])
         .arg(&path)
-        .env("DRIFTD_WINDOW__SIZE", "1234")
+        .env("DRIFTD_WINDOW__WINDOWS", "count:1234")
         .output()
         .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     let parsed: toml::Value = toml::from_str(&text).expect("prints TOML");
     assert_eq!(parsed["rules"]["psi_threshold"].as_float(), Some(0.25));
-    assert_eq!(parsed["window"]["size"].as_integer(), Some(1234));
+    assert_eq!(parsed["window"]["windows"][0].as_str(), Some("count:1234"));
     assert_eq!(
         parsed["server"]["grpc_addr"].as_str(),
         Some("127.0.0.1:7700")

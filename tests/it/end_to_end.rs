@@ -24,7 +24,7 @@ async fn shifted_feature_drifts_fires_webhook_and_state_survives_restart() {
     let dir = tempfile::tempdir().unwrap();
     let hook = WebhookReceiver::start().await;
     let overrides = [
-        ("DRIFTD_WINDOW__SIZE", N.to_string()),
+        ("DRIFTD_WINDOW__WINDOWS", format!("count:{N}")),
         ("DRIFTD_REFERENCE__WARMUP_SAMPLES", N.to_string()),
         ("DRIFTD_RULES__FOR_EVALUATIONS", "2".to_string()),
         ("DRIFTD_WEBHOOK__URLS", hook.url.clone()),

@@ -113,12 +113,16 @@ async fn promtool_check_metrics_passes_on_a_scrape_after_traffic() {
     let inf = sample(
         &scrape,
         "driftd_window_values_bucket",
-        &[("feature", "amount"), ("le", "+Inf")],
+        &[("feature", "amount"), ("le", "+Inf"), ("window", "5m")],
     );
     assert_eq!(inf, Some(600.0));
     let bins: f64 = scrape
         .lines()
-        .filter(|l| l.starts_with("driftd_window_bin_samples{") && l.contains("feature=\"amount\""))
+        .filter(|l| {
+            l.starts_with("driftd_window_bin_samples{")
+                && l.contains("feature=\"amount\"")
+                && l.contains("window=\"5m\"")
+        })
         .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
         .sum();
     assert_eq!(bins, 600.0, "per-bin samples add up to the window");

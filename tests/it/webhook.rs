@@ -125,7 +125,7 @@ min_samples = 200
 [reference]
 warmup_samples = 500
 [window]
-size = 500
+windows = ["count:500"]
 [webhook]
 backoff_base = "50ms"
 backoff_cap = "200ms"
@@ -476,7 +476,7 @@ async fn events_survive_a_kill_9_while_the_receiver_is_down() {
         ("DRIFTD_EVALUATION__INTERVAL", "100ms"),
         ("DRIFTD_EVALUATION__MIN_SAMPLES", "200"),
         ("DRIFTD_REFERENCE__WARMUP_SAMPLES", "500"),
-        ("DRIFTD_WINDOW__SIZE", "500"),
+        ("DRIFTD_WINDOW__WINDOWS", "count:500"),
         ("DRIFTD_RULES__FOR_EVALUATIONS", "1"),
     ];
     let (mut child, grpc, _) = crate::binary::spawn_daemon_with(dir.path(), &env);

@@ -231,8 +231,7 @@ pub fn batch(model: &str, version: &str, columns: Vec<pb::Column>) -> pb::Ingest
             model: model.into(),
             version: version.into(),
             columns,
-            timestamps_unix_ms: vec![],
-            request_ids: vec![],
+            ..Default::default()
         }),
     }
 }

@@ -1,0 +1,316 @@
+use super::*;
+use crate::domain::{Column, ModelKey};
+use proptest::prelude::*;
+
+const SEED: u64 = 0x5eed;
+
+fn batch(xs: Vec<f64>, cats: Vec<String>) -> Batch {
+    let n_rows = xs.len();
+    Batch {
+        key: ModelKey {
+            model: "m".into(),
+            version: "v".into(),
+        },
+        columns: vec![
+            Column {
+                name: "x".into(),
+                role: Role::Input,
+                values: Values::Numeric(xs),
+            },
+            Column {
+                name: "c".into(),
+                role: Role::Output,
+                values: Values::Categorical(cats),
+            },
+        ],
+        n_rows,
+    }
+}
+
+fn binning() -> Binning {
+    Binning {
+        edges: [("x".to_string(), vec![-50.0, 0.0, 50.0])].into(),
+        categories: [("c".to_string(), ["k1".to_string()].into())].into(),
+    }
+}
+
+fn value() -> impl Strategy<Value = f64> {
+    prop_oneof![
+        8 => (-100i32..100).prop_map(f64::from),
+        1 => Just(f64::NAN),
+        1 => Just(f64::INFINITY),
+    ]
+}
+
+fn spec() -> impl Strategy<Value = WindowSpec> {
+    prop_oneof![
+        (1u64..8).prop_map(|n| WindowSpec {
+            name: "t".into(),
+            span: Span::Time {
+                length_ms: n * 1000,
+                bucket_ms: 1000
+            },
+        }),
+        (1u64..60, 1u64..20).prop_map(|(r, b)| WindowSpec {
+            name: "c".into(),
+            span: Span::Count {
+                records: r.max(b),
+                bucket_records: b
+            },
+        }),
+    ]
+}
+
+/// One record as the test log keeps it.
+struct Rec {
+    arrival: i64,
+    index: u64,
+    x: f64,
+    c: String,
+}
+
+/// The per-bucket admission rule, applied from scratch: reference
+/// categories always, then the first `max` others, the rest to `other`.
+fn categories_from_scratch(
+    recs: &[&Rec],
+    spec: &WindowSpec,
+    max: usize,
+) -> (BTreeMap<String, u64>, u64) {
+    let known: BTreeSet<String> = ["k1".to_string()].into();
+    let mut per_bucket: BTreeMap<u64, (BTreeMap<String, u64>, u64)> = BTreeMap::new();
+    for r in recs.iter().filter(|r| !r.c.is_empty()) {
+        let (counts, other) = per_bucket
+            .entry(spec.bucket_of(r.arrival, r.index))
+            .or_default();
+        let extra = counts.keys().filter(|k| !known.contains(*k)).count();
+        if counts.contains_key(&r.c) || known.contains(&r.c) || extra < max {
+            *counts.entry(r.c.clone()).or_insert(0) += 1;
+        } else {
+            *other += 1;
+        }
+    }
+    let mut counts = BTreeMap::new();
+    let mut other = 0;
+    for (c, o) in per_bucket.into_values() {
+        other += o;
+        for (k, v) in c {
+            *counts.entry(k).or_insert(0) += v;
+        }
+    }
+    if counts.len() > max {
+        let mut by: Vec<(String, u64)> = counts.into_iter().collect();
+        by.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        counts = BTreeMap::new();
+        for (i, (k, v)) in by.into_iter().enumerate() {
+            if i < max {
+                counts.insert(k, v);
+            } else {
+                other += v;
+            }
+        }
+    }
+    if other > 0 {
+        *counts.entry(OTHER.to_string()).or_insert(0) += other;
+    }
+    (counts, other)
+}
+
+/// What the store would hold: per bucket the last whole state, the
+/// deltas written after it and the last threshold.
+#[derive(Default)]
+struct FakeStore {
+    buckets: BTreeMap<u64, FakeBucket>,
+}
+
+/// (whole state, deltas after it, threshold).
+type FakeBucket = (Option<Bucket>, Vec<Bucket>, Option<u64>);
+
+impl FakeStore {
+    fn write(&mut self, w: &Window, changes: Changes) {
+        for (id, _, d) in changes.deltas {
+            self.buckets.entry(id).or_default().1.push(d);
+        }
+        for (id, tau) in changes.pruned {
+            self.buckets.entry(id).or_default().2 = Some(tau);
+        }
+        for id in changes.closed {
+            if let Some(b) = w.bucket(id) {
+                self.buckets.insert(id, (Some(b.clone()), Vec::new(), None));
+            }
+        }
+        for id in changes.removed {
+            self.buckets.remove(&id);
+        }
+    }
+
+    fn restore(&self, spec: WindowSpec, limits: Limits) -> Window {
+        let buckets = self
+            .buckets
+            .iter()
+            .filter_map(|(&id, (whole, deltas, tau))| {
+                Bucket::rebuild(whole.clone(), deltas.iter().cloned(), *tau).map(|b| (id, b))
+            })
+            .collect();
+        Window::restore(spec, limits, Arc::new(binning()), SEED, buckets)
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    /// The incremental window equals a from-scratch computation over the
+    /// records that fall in it: counts, bins, categories and the bottom-k
+    /// sample below the window's threshold. A window rebuilt from what it
+    /// asked the store to write equals the live one.
+    #[test]
+    fn incremental_equals_recomputation(
+        spec in spec(),
+        k in 1usize..30,
+        max_categories in 1usize..4,
+        batches in prop::collection::vec(
+            (0i64..1500, prop::collection::vec((value(), 0u8..6), 1..25)),
+            1..14,
+        ),
+        later in 0i64..4000,
+    ) {
+        let limits = Limits { sample_size: k, max_categories };
+        let mut w = Window::new(spec.clone(), limits, Arc::new(binning()), SEED);
+        let mut store = FakeStore::default();
+        let mut log: Vec<Rec> = Vec::new();
+        let mut now = 1_000_000i64;
+        let mut total = 0u64;
+        let mut most_held = 0;
+        for (dt, rows) in &batches {
+            now += dt;
+            let xs: Vec<f64> = rows.iter().map(|r| r.0).collect();
+            let cs: Vec<String> = rows
+                .iter()
+                .map(|r| if r.1 == 0 { String::new() } else { format!("k{}", r.1) })
+                .collect();
+            for (i, (x, c)) in xs.iter().zip(&cs).enumerate() {
+                log.push(Rec { arrival: now, index: total + i as u64, x: *x, c: c.clone() });
+            }
+            let mut changes = Changes::default();
+            w.apply(&batch(xs, cs), 0, now, total, &mut changes);
+            total += rows.len() as u64;
+            store.write(&w, changes);
+            let held: usize = w.buckets.values().map(|b| b.priorities.len()).sum();
+            most_held = most_held.max(held);
+        }
+        // Memory stays bounded by the cap plus one batch.
+        prop_assert!(most_held <= k + k / 5 + 25, "held {most_held} rows for k = {k}");
+
+        let now = now + later;
+        let first = spec.first_live(now, total);
+        let inside: Vec<&Rec> = log
+            .iter()
+            .filter(|r| spec.bucket_of(r.arrival, r.index) >= first)
+            .collect();
+        let snap = w.snapshot(now, total);
+        prop_assert_eq!(snap.records, inside.len() as u64);
+        prop_assert_eq!(w.records(now, total), inside.len() as u64);
+
+        // Numeric: exact counts and bins; the sample is the bottom-k below
+        // the window's threshold.
+        let finite: Vec<f64> = inside.iter().map(|r| r.x).filter(|x| x.is_finite()).collect();
+        let edges = [-50.0, 0.0, 50.0];
+        if inside.is_empty() {
+            prop_assert!(snap.features.is_empty());
+        } else {
+            let fx = &snap.features["x"];
+            prop_assert_eq!(fx.missing, (inside.len() - finite.len()) as u64);
+            prop_assert_eq!(fx.n, finite.len() as u64);
+            let tau = w.threshold(now, total);
+            let mut below: Vec<&&Rec> = inside
+                .iter()
+                .filter(|r| priority(SEED, r.index) <= tau)
+                .collect();
+            below.sort_by_key(|r| priority(SEED, r.index));
+            below.truncate(k);
+            let mut expected: Vec<f64> = below.iter().map(|r| r.x).filter(|x| x.is_finite()).collect();
+            expected.sort_by(f64::total_cmp);
+            match &fx.data {
+                SampleData::Numeric { sample, bins, sum } => {
+                    prop_assert_eq!(sample, &expected);
+                    prop_assert_eq!(bins.as_ref(), Some(&stats::bin_counts(&edges, &finite)));
+                    prop_assert_eq!(*sum, finite.iter().sum::<f64>());
+                }
+                other => prop_assert!(false, "x is {other:?}"),
+            }
+            prop_assert_eq!(snap.sample_rows, below.len() as u64);
+
+            let fc = &snap.features["c"];
+            let (counts, _) = categories_from_scratch(&inside, &spec, max_categories);
+            prop_assert_eq!(&fc.data, &SampleData::Categorical(counts));
+            prop_assert_eq!(fc.missing, inside.iter().filter(|r| r.c.is_empty()).count() as u64);
+        }
+
+        // What the store holds rebuilds the same window.
+        let restored = store.restore(spec.clone(), limits);
+        prop_assert_eq!(restored.snapshot(now, total), snap);
+        prop_assert_eq!(restored.threshold(now, total), w.threshold(now, total));
+    }
+}
+
+#[test]
+fn specs_parse_with_defaults_and_names() {
+    let s = WindowSpec::parse("5m").unwrap();
+    assert_eq!(s.name, "5m");
+    assert_eq!(
+        s.span,
+        Span::Time {
+            length_ms: 300_000,
+            bucket_ms: 10_000
+        }
+    );
+    let s = WindowSpec::parse("1h/1m").unwrap();
+    assert_eq!(s.name, "1h");
+    let s = WindowSpec::parse("count:5000").unwrap();
+    assert_eq!(s.name, "last_5000");
+    assert_eq!(
+        s.span,
+        Span::Count {
+            records: 5000,
+            bucket_records: 500
+        }
+    );
+    for bad in [
+        "",
+        "5x",
+        "5m/7s",
+        "count:0",
+        "count:10/11",
+        "1s/10ms",
+        "count:x",
+    ] {
+        assert!(WindowSpec::parse(bad).is_err(), "{bad:?} was accepted");
+    }
+}
+
+#[test]
+fn a_steady_stream_keeps_about_k_rows_and_a_full_sample() {
+    // 600 one-second batches of 200 rows into a 5-minute window.
+    let spec = WindowSpec::parse("5m/10s").unwrap();
+    let limits = Limits {
+        sample_size: 1000,
+        max_categories: 10,
+    };
+    let mut w = Window::new(spec, limits, Arc::new(binning()), SEED);
+    let mut total = 0;
+    for s in 0..600i64 {
+        let xs: Vec<f64> = (0..200).map(|i| f64::from(i % 100)).collect();
+        let cs = vec!["k1".to_string(); 200];
+        w.apply(&batch(xs, cs), 0, s * 1000, total, &mut Changes::default());
+        total += 200;
+    }
+    let now = 599 * 1000;
+    let snap = w.snapshot(now, total);
+    assert_eq!(snap.records, 300 * 200);
+    let held: usize = w.buckets.values().map(|b| b.priorities.len()).sum();
+    assert!(held <= 1200, "held {held}");
+    assert!(
+        snap.sample_rows >= 900,
+        "sample of {} rows",
+        snap.sample_rows
+    );
+}
