@@ -115,6 +115,7 @@ pub async fn run(
         cancel.clone(),
     )
     .context("restoring state from the store")?;
+    load_file_references(&config.engine, &engine).await?;
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
@@ -202,5 +203,34 @@ pub async fn run(
         anyhow::bail!(reason);
     }
     tracing::info!("Shutdown complete");
+    Ok(())
+}
+
+/// Compiles the CSV references named in `reference.sources` and hands them
+/// to the engine, which keeps its windows when the content is unchanged.
+async fn load_file_references(
+    cfg: &crate::config::EngineConfig,
+    engine: &engine::Handle,
+) -> anyhow::Result<()> {
+    for s in &cfg.reference_sources {
+        let crate::config::SourceKind::File { path, outputs } = &s.kind else {
+            continue;
+        };
+        let key = crate::domain::ModelKey {
+            model: s.model.clone(),
+            version: s.version.clone(),
+        };
+        let (p, k, o) = (path.clone(), key.clone(), outputs.clone());
+        let batches =
+            tokio::task::spawn_blocking(move || crate::refcsv::read(&p, &k, &o, usize::MAX))
+                .await
+                .context("reading a reference file")?
+                .with_context(|| format!("reference file of {key}"))?;
+        let ack = engine
+            .set_reference(key.clone(), batches, crate::reference::Source::File)
+            .await
+            .with_context(|| format!("installing the reference file of {key}"))?;
+        tracing::info!(model = %key.model, version = %key.version, path = %path.display(), n_records = ack.records, "Reference file loaded");
+    }
     Ok(())
 }

@@ -1010,6 +1010,16 @@ impl RawConfig {
                 if path.is_empty() {
                     return Err(invalid("reference.sources.reference", "file: needs a path"));
                 }
+                for name in [&s.model, &s.version] {
+                    crate::domain::validate_name(name).map_err(|e| {
+                        invalid(
+                            "reference.sources.model",
+                            format!(
+                                "a file reference needs an exact model and version, not {name:?} ({e})"
+                            ),
+                        )
+                    })?;
+                }
                 SourceKind::File {
                     path: PathBuf::from(path),
                     outputs: s.outputs.clone(),

@@ -16,6 +16,7 @@ pub mod compare;
 pub mod detector;
 pub mod domain;
 pub mod inference;
+pub mod refcsv;
 pub mod reference;
 pub mod rules;
 pub mod stats;
@@ -27,6 +28,7 @@ pub mod store;
 pub mod webhook;
 
 pub mod app;
+pub mod client;
 pub mod config;
 pub mod proto;
 pub mod server;

@@ -40,6 +40,37 @@ enum Command {
     /// Compare two CSV files column by column, offline, and print the drift
     /// statistics and a verdict per column. Ignores the configuration.
     Compare(CompareArgs),
+    /// Manage the references of a running daemon.
+    #[command(subcommand)]
+    Reference(ReferenceCommand),
+}
+
+#[derive(Subcommand)]
+enum ReferenceCommand {
+    /// Send a CSV file (header row of feature names) to a running daemon as
+    /// the reference of a model version (the SetReference RPC).
+    Import(ImportArgs),
+}
+
+#[derive(clap::Args)]
+struct ImportArgs {
+    /// Model name.
+    #[arg(long)]
+    model: String,
+    /// Model version.
+    #[arg(long)]
+    version: String,
+    /// A column that is a model output (repeatable); the rest are inputs.
+    #[arg(long, value_name = "COL")]
+    output: Vec<String>,
+    /// The daemon's gRPC address.
+    #[arg(long, default_value = "http://127.0.0.1:7700")]
+    addr: String,
+    /// Most rows read from the file.
+    #[arg(long, default_value_t = 1_000_000)]
+    max_rows: usize,
+    /// The CSV file.
+    file: PathBuf,
 }
 
 /// Arguments of `driftd compare`; see the `driftd::compare` documentation.
@@ -92,6 +123,7 @@ fn main() -> ExitCode {
     // that a broken daemon configuration cannot stop it.
     let command = match cli.command {
         Some(Command::Compare(args)) => return run_compare(args),
+        Some(Command::Reference(ReferenceCommand::Import(args))) => return run_import(args),
         other => other,
     };
     let (raw, mut config) = match config::load(cli.config.as_deref(), std::env::vars()) {
@@ -118,6 +150,57 @@ fn main() -> ExitCode {
         Command::Run => run(config),
         // Dispatched above, before the configuration is loaded.
         Command::Compare(args) => run_compare(args),
+        Command::Reference(ReferenceCommand::Import(args)) => run_import(args),
+    }
+}
+
+/// Runs `driftd reference import`: reads the file, streams it to the
+/// daemon, prints the daemon's answer. Exit 65 (EX_DATAERR) for a bad file,
+/// 69 (EX_UNAVAILABLE) when the daemon cannot be reached, 1 when it refuses.
+fn run_import(args: ImportArgs) -> ExitCode {
+    let key = driftd::domain::ModelKey {
+        model: args.model,
+        version: args.version,
+    };
+    for (what, name) in [("--model", &key.model), ("--version", &key.version)] {
+        if let Err(e) = driftd::domain::validate_name(name) {
+            eprintln!("driftd reference import: {what} {name:?}: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    }
+    let batches = match driftd::refcsv::read(&args.file, &key, &args.output, args.max_rows) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("driftd reference import: {e}");
+            return ExitCode::from(65);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("driftd reference import: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(driftd::client::import_reference(&args.addr, &key, batches)) {
+        Ok(r) => {
+            println!(
+                "{}@{}: reference of {} records and {} features in force",
+                r.model, r.version, r.records, r.features
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e @ driftd::client::Error::Connect { .. }) => {
+            eprintln!("driftd reference import: {e}");
+            ExitCode::from(69)
+        }
+        Err(e) => {
+            eprintln!("driftd reference import: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
