@@ -5,6 +5,8 @@
 
 mod support;
 
+/// Bearer tokens on gRPC and HTTP: refusals, rotation, open endpoints.
+mod auth;
 /// Each malformed request and its status and message.
 mod bad_input;
 /// The binary: configuration errors, check-config, SIGTERM.
