@@ -19,7 +19,7 @@ use crate::{
     proto,
     server::{admin, grpc, kserve},
     store::{Store, StoredVersion},
-    webhook,
+    tls, webhook,
 };
 
 /// The bound sockets driftd serves on.
@@ -131,6 +131,14 @@ pub async fn run(
             "Authentication is off while listening beyond loopback; anyone who can connect may ingest and read; set auth.tokens_file or DRIFTD_TOKENS"
         );
     }
+    let tls = match &config.tls {
+        Some(cfg) => {
+            let t = tls::Tls::new(cfg.clone(), metrics.clone()).context("loading TLS files")?;
+            tracker.spawn(t.clone().watch(cancel.clone()));
+            Some(t)
+        }
+        None => None,
+    };
     let guard_enabled = guard.enabled();
     let health_auth = grpc::authenticate(guard.clone(), guard.protects_health());
 
@@ -157,11 +165,20 @@ pub async fn run(
             driftd_service,
             grpc::authenticate(guard.clone(), true),
         ));
-    let grpc_cancel = cancel.clone();
-    let mut grpc_task = tokio::spawn(grpc_server.serve_with_incoming_shutdown(
-        TcpListenerStream::new(listeners.grpc),
-        grpc_cancel.cancelled_owned(),
-    ));
+    let grpc_stop = cancel.clone().cancelled_owned();
+    let mut grpc_task = match &tls {
+        Some(t) => tokio::spawn(
+            grpc_server.serve_with_incoming_shutdown(
+                t.incoming(listeners.grpc, tls::Proto::Grpc, cancel.clone())
+                    .into_stream(),
+                grpc_stop,
+            ),
+        ),
+        None => tokio::spawn(
+            grpc_server
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), grpc_stop),
+        ),
+    };
     let ready = admin::Readiness::default();
     let kserve = kserve::Kserve::new(engine.clone(), metrics.clone(), config.inference.clone());
     tracker.spawn(kserve.clone().run_expiry(cancel.clone()));
@@ -169,17 +186,28 @@ pub async fn run(
         admin::router(metrics.clone(), engine.reader(), ready.clone()).merge(kserve.router()),
         guard,
     );
-    let http_cancel = cancel.clone();
-    let mut http_task = tokio::spawn(async move {
-        axum::serve(listeners.http, router)
-            .with_graceful_shutdown(http_cancel.cancelled_owned())
-            .await
-    });
+    let http_stop = cancel.clone().cancelled_owned();
+    let mut http_task = match tls.as_ref().filter(|t| t.on_http()) {
+        Some(t) => {
+            let incoming = t.incoming(listeners.http, tls::Proto::Http, cancel.clone());
+            tokio::spawn(async move {
+                axum::serve(incoming, router)
+                    .with_graceful_shutdown(http_stop)
+                    .await
+            })
+        }
+        None => tokio::spawn(async move {
+            axum::serve(listeners.http, router)
+                .with_graceful_shutdown(http_stop)
+                .await
+        }),
+    };
     // The gRPC service owns the engine handle from here on; once the server
     // stops, the writer sees its queue close and drains it.
     drop(engine);
-    tracing::info!(addr = %grpc_addr, auth = guard_enabled, "gRPC server listening");
-    tracing::info!(addr = %http_addr, auth = guard_enabled, "HTTP server listening");
+    let http_tls = tls.as_ref().is_some_and(|t| t.on_http());
+    tracing::info!(addr = %grpc_addr, tls = tls.is_some(), auth = guard_enabled, "gRPC server listening");
+    tracing::info!(addr = %http_addr, tls = http_tls, auth = guard_enabled, "HTTP server listening");
     ready.set(true);
 
     let early = tokio::select! {

@@ -37,6 +37,7 @@ const SECTIONS: &[&str] = &[
     "inference",
     "metrics",
     "auth",
+    "tls",
 ];
 const TOP_LEVEL_KEYS: &[&str] = &["log", "log_format"];
 
@@ -98,6 +99,8 @@ pub struct RawConfig {
     pub metrics: RawMetrics,
     /// Bearer-token authentication.
     pub auth: RawAuth,
+    /// TLS and mutual TLS.
+    pub tls: RawTls,
 }
 
 /// `[auth]`.
@@ -126,6 +129,37 @@ impl Default for RawAuth {
             tokens_env: "DRIFTD_TOKENS".into(),
             protect_metrics: false,
             protect_health: false,
+            reload_interval: "5s".into(),
+        }
+    }
+}
+
+/// `[tls]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawTls {
+    /// PEM certificate chain, leaf first; with `key_file`, both listeners
+    /// serve TLS. Empty: plain text.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of the certificate.
+    pub key_file: PathBuf,
+    /// PEM CA certificates; when set, clients must present a certificate
+    /// signed by one of them (mutual TLS).
+    pub client_ca_file: PathBuf,
+    /// Serve the HTTP listener over TLS too; false keeps it plain text (for
+    /// kubelet probes with mutual TLS, for instance).
+    pub http: bool,
+    /// How often the three files are checked for changes.
+    pub reload_interval: String,
+}
+
+impl Default for RawTls {
+    fn default() -> Self {
+        Self {
+            cert_file: PathBuf::new(),
+            key_file: PathBuf::new(),
+            client_ca_file: PathBuf::new(),
+            http: true,
             reload_interval: "5s".into(),
         }
     }
@@ -428,6 +462,7 @@ impl Default for RawConfig {
             inference: RawInference::default(),
             metrics: RawMetrics::default(),
             auth: RawAuth::default(),
+            tls: RawTls::default(),
         }
     }
 }
@@ -545,6 +580,8 @@ pub struct Config {
     pub inference: InferenceConfig,
     /// Bearer-token authentication.
     pub auth: AuthConfig,
+    /// TLS; None serves plain text.
+    pub tls: Option<TlsConfig>,
 }
 
 /// Validated `[auth]`.
@@ -568,6 +605,30 @@ impl AuthConfig {
     /// opening everything.
     pub fn enabled(&self) -> bool {
         self.tokens_file.is_some() || !self.env_tokens.is_empty()
+    }
+}
+
+/// Validated `[tls]`.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert_file: PathBuf,
+    /// PEM private key.
+    pub key_file: PathBuf,
+    /// PEM client CAs; Some means mutual TLS.
+    pub client_ca_file: Option<PathBuf>,
+    /// The HTTP listener serves TLS too.
+    pub http: bool,
+    /// File poll interval.
+    pub reload_interval: Duration,
+}
+
+impl TlsConfig {
+    /// The files whose changes trigger a reload.
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.cert_file.clone(), self.key_file.clone()];
+        files.extend(self.client_ca_file.clone());
+        files
     }
 }
 
@@ -861,8 +922,10 @@ impl RawConfig {
             );
         }
         let auth = self.validate_auth()?;
+        let tls = self.validate_tls()?;
         Ok(Config {
             auth,
+            tls,
             inference: InferenceConfig {
                 join_ttl,
                 join_capacity: inf.join_capacity,
@@ -930,6 +993,44 @@ impl RawConfig {
             protect_health: a.protect_health,
             reload_interval,
         })
+    }
+
+    fn validate_tls(&self) -> Result<Option<TlsConfig>, Error> {
+        let t = &self.tls;
+        let set = |p: &PathBuf| (!p.as_os_str().is_empty()).then(|| p.clone());
+        let reload_interval = parse_duration("tls.reload_interval", &t.reload_interval)?;
+        if reload_interval < Duration::from_millis(10) {
+            return Err(invalid("tls.reload_interval", "must be at least 10ms"));
+        }
+        let cfg = match (set(&t.cert_file), set(&t.key_file)) {
+            (None, None) => {
+                if set(&t.client_ca_file).is_some() {
+                    return Err(invalid(
+                        "tls.client_ca_file",
+                        "mutual TLS needs tls.cert_file and tls.key_file too",
+                    ));
+                }
+                return Ok(None);
+            }
+            (Some(cert_file), Some(key_file)) => TlsConfig {
+                cert_file,
+                key_file,
+                client_ca_file: set(&t.client_ca_file),
+                http: t.http,
+                reload_interval,
+            },
+            (Some(_), None) => {
+                return Err(invalid("tls.key_file", "must be set with tls.cert_file"))
+            }
+            (None, Some(_)) => {
+                return Err(invalid("tls.cert_file", "must be set with tls.key_file"))
+            }
+        };
+        crate::tls::check(&cfg).map_err(|e| Error::Invalid {
+            key: e.key(&cfg),
+            reason: error_chain(&e),
+        })?;
+        Ok(Some(cfg))
     }
 
     fn validate_rules(&self) -> Result<Vec<Rule>, Error> {
@@ -1259,8 +1360,21 @@ mod tests {
     }
 
     #[test]
-    fn auth_errors_name_the_key() {
+    fn auth_and_tls_errors_name_the_key() {
         let cases: &[(&str, &str)] = &[
+            ("[tls]\ncert_file = \"/nonexistent.crt\"\n", "tls.key_file"),
+            (
+                "[tls]\ncert_file = \"/nonexistent.crt\"\nkey_file = \"/nonexistent.key\"\n",
+                "tls.cert_file",
+            ),
+            (
+                "[tls]\nclient_ca_file = \"/nonexistent.crt\"\n",
+                "tls.client_ca_file",
+            ),
+            (
+                "[tls]\nreload_interval = \"often\"\n",
+                "tls.reload_interval",
+            ),
             (
                 "[auth]\ntokens_file = \"/nonexistent\"\n",
                 "auth.tokens_file",
@@ -1302,6 +1416,7 @@ mod tests {
         assert!(!format!("{c:?}").contains("0123456789abcdef"));
         let (_, c) = load(None, env(&[])).unwrap();
         assert!(!c.auth.enabled());
+        assert!(c.tls.is_none());
     }
 
     #[test]

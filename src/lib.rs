@@ -7,7 +7,7 @@
 //! See ARCHITECTURE.md for the code map. Read the pure core first
 //! (`domain`, `stats`, `window`, `reference`, `detector`, `rules`,
 //! `inference`), then the stateful parts (`store`, `engine`, `webhook`,
-//! `metrics`), then the edges (`server`, `auth`, `watch`, `config`,
+//! `metrics`), then the edges (`server`, `auth`, `tls`, `watch`, `config`,
 //! `telemetry`, `shutdown`, `app`) and the offline command (`compare`).
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
@@ -33,4 +33,5 @@ pub mod proto;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 pub mod watch;

@@ -109,6 +109,8 @@ impl WebhookOutcome {
 pub enum ReloadSource {
     /// The bearer token file (`auth.tokens_file`).
     Tokens,
+    /// The TLS certificate, key and client CA files (`[tls]`).
+    Tls,
 }
 
 impl ReloadSource {
@@ -116,6 +118,7 @@ impl ReloadSource {
     pub fn as_str(self) -> &'static str {
         match self {
             ReloadSource::Tokens => "tokens",
+            ReloadSource::Tls => "tls",
         }
     }
 }
@@ -530,7 +533,7 @@ impl Metrics {
             },
             reloads: counter_vec(
                 "reloads_total",
-                "Reloads of changed token files, by source and outcome",
+                "Reloads of changed token or TLS files, by source and outcome",
                 &["source", "outcome"],
             ),
             fleet_bins: {
@@ -551,7 +554,7 @@ impl Metrics {
         for reason in RejectReason::ALL {
             m.ingest_rejected.with_label_values(&[reason.as_str()]);
         }
-        for source in [ReloadSource::Tokens] {
+        for source in [ReloadSource::Tokens, ReloadSource::Tls] {
             for outcome in [ReloadOutcome::Reloaded, ReloadOutcome::Failed] {
                 m.reloads
                     .with_label_values(&[source.as_str(), outcome.as_str()]);
@@ -596,7 +599,7 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts a reload of a changed token file.
+    /// Counts a reload of changed token or TLS files.
     pub fn reload(&self, source: ReloadSource, outcome: ReloadOutcome) {
         self.reloads
             .with_label_values(&[source.as_str(), outcome.as_str()])

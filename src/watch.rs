@@ -1,5 +1,5 @@
 //! Notices that files changed, by polling their metadata: what the token
-//! file uses to be reloaded without a restart.
+//! file and the TLS certificates use to be reloaded without a restart.
 //!
 //! Polling rather than inotify, because the usual ways of replacing these
 //! files (an editor's rename, `mv`, a Kubernetes Secret's symlink swap)

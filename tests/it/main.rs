@@ -27,5 +27,7 @@ mod kserve;
 mod prometheus_e2e;
 /// Unreadable stores: refused or quarantined.
 mod store;
+/// TLS and mutual TLS on both listeners, and certificate reload.
+mod tls;
 /// Durable webhook outbox against real receivers; Argo and Flagger gates.
 mod webhook;
