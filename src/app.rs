@@ -9,15 +9,17 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic::service::interceptor::InterceptedService;
 
 use crate::{
+    auth,
     config::{Config, OnCorruption, StoreConfig},
     engine,
     metrics::Metrics,
     proto,
     server::{admin, grpc, kserve},
     store::{Store, StoredVersion},
-    webhook,
+    tls, webhook,
 };
 
 /// The bound sockets driftd serves on.
@@ -117,6 +119,30 @@ pub async fn run(
     .context("restoring state from the store")?;
     load_file_references(&config.engine, &engine).await?;
 
+    let grpc_addr = listeners.grpc.local_addr()?;
+    let http_addr = listeners.http.local_addr()?;
+    let guard =
+        auth::Guard::new(&config.auth, metrics.clone()).context("reading auth.tokens_file")?;
+    tracker.spawn(guard.clone().watch(cancel.clone()));
+    let loopback_only = grpc_addr.ip().is_loopback() && http_addr.ip().is_loopback();
+    if !guard.enabled() && !loopback_only {
+        tracing::warn!(
+            grpc_addr = %grpc_addr,
+            http_addr = %http_addr,
+            "Authentication is off while listening beyond loopback; anyone who can connect may ingest and read; set auth.tokens_file or DRIFTD_TOKENS"
+        );
+    }
+    let tls = match &config.tls {
+        Some(cfg) => {
+            let t = tls::Tls::new(cfg.clone(), metrics.clone()).context("loading TLS files")?;
+            tracker.spawn(t.clone().watch(cancel.clone()));
+            Some(t)
+        }
+        None => None,
+    };
+    let guard_enabled = guard.enabled();
+    let health_auth = grpc::authenticate(guard.clone(), guard.protects_health());
+
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
@@ -133,35 +159,56 @@ pub async fn run(
         .set_serving::<proto::driftd_server::DriftdServer<grpc::Service>>()
         .await;
 
-    let grpc_addr = listeners.grpc.local_addr()?;
-    let http_addr = listeners.http.local_addr()?;
-    let grpc_cancel = cancel.clone();
-    let mut grpc_task = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(health_service)
-            .add_service(reflection)
-            .add_service(driftd_service)
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(listeners.grpc),
-                grpc_cancel.cancelled_owned(),
+    let grpc_server = tonic::transport::Server::builder()
+        .add_service(InterceptedService::new(health_service, health_auth.clone()))
+        .add_service(InterceptedService::new(reflection, health_auth))
+        .add_service(InterceptedService::new(
+            driftd_service,
+            grpc::authenticate(guard.clone(), true),
+        ));
+    let grpc_stop = cancel.clone().cancelled_owned();
+    let mut grpc_task = match &tls {
+        Some(t) => tokio::spawn(
+            grpc_server.serve_with_incoming_shutdown(
+                t.incoming(listeners.grpc, tls::Proto::Grpc, cancel.clone())
+                    .into_stream(),
+                grpc_stop,
             ),
-    );
+        ),
+        None => tokio::spawn(
+            grpc_server
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), grpc_stop),
+        ),
+    };
     let ready = admin::Readiness::default();
     let kserve = kserve::Kserve::new(engine.clone(), metrics.clone(), config.inference.clone());
     tracker.spawn(kserve.clone().run_expiry(cancel.clone()));
-    let router =
-        admin::router(metrics.clone(), engine.reader(), ready.clone()).merge(kserve.router());
-    let http_cancel = cancel.clone();
-    let mut http_task = tokio::spawn(async move {
-        axum::serve(listeners.http, router)
-            .with_graceful_shutdown(http_cancel.cancelled_owned())
-            .await
-    });
+    let router = admin::protect(
+        admin::router(metrics.clone(), engine.reader(), ready.clone()).merge(kserve.router()),
+        guard,
+    );
+    let http_stop = cancel.clone().cancelled_owned();
+    let mut http_task = match tls.as_ref().filter(|t| t.on_http()) {
+        Some(t) => {
+            let incoming = t.incoming(listeners.http, tls::Proto::Http, cancel.clone());
+            tokio::spawn(async move {
+                axum::serve(incoming, router)
+                    .with_graceful_shutdown(http_stop)
+                    .await
+            })
+        }
+        None => tokio::spawn(async move {
+            axum::serve(listeners.http, router)
+                .with_graceful_shutdown(http_stop)
+                .await
+        }),
+    };
     // The gRPC service owns the engine handle from here on; once the server
     // stops, the writer sees its queue close and drains it.
     drop(engine);
-    tracing::info!(addr = %grpc_addr, "gRPC server listening");
-    tracing::info!(addr = %http_addr, "HTTP server listening");
+    let http_tls = tls.as_ref().is_some_and(|t| t.on_http());
+    tracing::info!(addr = %grpc_addr, tls = tls.is_some(), auth = guard_enabled, "gRPC server listening");
+    tracing::info!(addr = %http_addr, tls = http_tls, auth = guard_enabled, "HTTP server listening");
     ready.set(true);
 
     let early = tokio::select! {

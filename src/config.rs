@@ -40,6 +40,8 @@ const SECTIONS: &[&str] = &[
     "webhook",
     "inference",
     "metrics",
+    "auth",
+    "tls",
 ];
 const TOP_LEVEL_KEYS: &[&str] = &["log", "log_format"];
 
@@ -99,6 +101,72 @@ pub struct RawConfig {
     pub inference: RawInference,
     /// Metric cardinality.
     pub metrics: RawMetrics,
+    /// Bearer-token authentication.
+    pub auth: RawAuth,
+    /// TLS and mutual TLS.
+    pub tls: RawTls,
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawAuth {
+    /// A file with one accepted token per line (blank lines and `#`
+    /// comments ignored), reloaded when it changes; empty: none.
+    pub tokens_file: PathBuf,
+    /// Name of an environment variable holding comma-separated accepted
+    /// tokens; empty: none. Read once, at start.
+    pub tokens_env: String,
+    /// Require a token for `/metrics` too.
+    pub protect_metrics: bool,
+    /// Require a token for `/healthz`, `/readyz` and the gRPC health and
+    /// reflection services too.
+    pub protect_health: bool,
+    /// How often the token file is checked for changes.
+    pub reload_interval: String,
+}
+
+impl Default for RawAuth {
+    fn default() -> Self {
+        Self {
+            tokens_file: PathBuf::new(),
+            tokens_env: "DRIFTD_TOKENS".into(),
+            protect_metrics: false,
+            protect_health: false,
+            reload_interval: "5s".into(),
+        }
+    }
+}
+
+/// `[tls]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawTls {
+    /// PEM certificate chain, leaf first; with `key_file`, both listeners
+    /// serve TLS. Empty: plain text.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of the certificate.
+    pub key_file: PathBuf,
+    /// PEM CA certificates; when set, clients must present a certificate
+    /// signed by one of them (mutual TLS).
+    pub client_ca_file: PathBuf,
+    /// Serve the HTTP listener over TLS too; false keeps it plain text (for
+    /// kubelet probes with mutual TLS, for instance).
+    pub http: bool,
+    /// How often the three files are checked for changes.
+    pub reload_interval: String,
+}
+
+impl Default for RawTls {
+    fn default() -> Self {
+        Self {
+            cert_file: PathBuf::new(),
+            key_file: PathBuf::new(),
+            client_ca_file: PathBuf::new(),
+            http: true,
+            reload_interval: "5s".into(),
+        }
+    }
 }
 
 /// `[metrics]`.
@@ -446,6 +514,8 @@ impl Default for RawConfig {
             webhook: RawWebhook::default(),
             inference: RawInference::default(),
             metrics: RawMetrics::default(),
+            auth: RawAuth::default(),
+            tls: RawTls::default(),
         }
     }
 }
@@ -568,6 +638,58 @@ pub struct Config {
     pub webhook: WebhookConfig,
     /// KServe and OIP ingest.
     pub inference: InferenceConfig,
+    /// Bearer-token authentication.
+    pub auth: AuthConfig,
+    /// TLS; None serves plain text.
+    pub tls: Option<TlsConfig>,
+}
+
+/// Validated `[auth]`.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// The token file, reloaded when it changes.
+    pub tokens_file: Option<PathBuf>,
+    /// Digests of the tokens from the variable named by `auth.tokens_env`.
+    pub env_tokens: Vec<crate::auth::Digest>,
+    /// `/metrics` needs a token.
+    pub protect_metrics: bool,
+    /// Health and reflection need a token.
+    pub protect_health: bool,
+    /// Token file poll interval.
+    pub reload_interval: Duration,
+}
+
+impl AuthConfig {
+    /// Whether any token is configured; a token file counts even while it
+    /// holds no token, so emptying it refuses everything rather than
+    /// opening everything.
+    pub fn enabled(&self) -> bool {
+        self.tokens_file.is_some() || !self.env_tokens.is_empty()
+    }
+}
+
+/// Validated `[tls]`.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert_file: PathBuf,
+    /// PEM private key.
+    pub key_file: PathBuf,
+    /// PEM client CAs; Some means mutual TLS.
+    pub client_ca_file: Option<PathBuf>,
+    /// The HTTP listener serves TLS too.
+    pub http: bool,
+    /// File poll interval.
+    pub reload_interval: Duration,
+}
+
+impl TlsConfig {
+    /// The files whose changes trigger a reload.
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.cert_file.clone(), self.key_file.clone()];
+        files.extend(self.client_ca_file.clone());
+        files
+    }
 }
 
 /// Validated `[inference]`.
@@ -763,8 +885,30 @@ pub fn load(
     file: Option<&Path>,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<(RawConfig, Config), Error> {
-    let raw = load_raw(file, env)?;
-    let config = raw.validate()?;
+    let env: Vec<(String, String)> = env.into_iter().collect();
+    let raw = load_raw(file, env.iter().cloned())?;
+    let mut config = raw.validate()?;
+    let name = &raw.auth.tokens_env;
+    if !name.is_empty() {
+        if let Some((_, value)) = env.iter().find(|(k, _)| k == name) {
+            config.auth.env_tokens = crate::auth::parse_list(value)
+                .map_err(|e| invalid("auth.tokens_env", format!("variable {name}: {e}")))?;
+        }
+    }
+    let a = &config.auth;
+    if !a.enabled() && (a.protect_metrics || a.protect_health) {
+        return Err(invalid(
+            if a.protect_metrics {
+                "auth.protect_metrics"
+            } else {
+                "auth.protect_health"
+            },
+            format!(
+                "needs a token: set auth.tokens_file or the variable {:?} (auth.tokens_env)",
+                raw.auth.tokens_env
+            ),
+        ));
+    }
     Ok((raw, config))
 }
 
@@ -808,6 +952,19 @@ fn load_raw(
     Ok(builder.build()?.try_deserialize::<RawConfig>()?)
 }
 
+/// An error and its sources, `: `-separated, for messages that must say
+/// everything on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
+}
+
 fn invalid(key: &'static str, reason: impl Into<String>) -> Error {
     Error::Invalid {
         key,
@@ -845,7 +1002,9 @@ fn non_zero(key: &'static str, n: usize) -> Result<NonZeroUsize, Error> {
 }
 
 impl RawConfig {
-    /// Checks ranges and converts to [`Config`].
+    /// Checks ranges and converts to [`Config`]. The tokens of
+    /// `auth.tokens_env` are not read here: [`load`] adds them from the
+    /// environment it is given.
     ///
     /// # Errors
     /// Returns [`Error::Invalid`] naming the first bad key.
@@ -946,7 +1105,11 @@ impl RawConfig {
                 (m.input_names.clone(), m.output_names.clone()),
             );
         }
+        let auth = self.validate_auth()?;
+        let tls = self.validate_tls()?;
         Ok(Config {
+            auth,
+            tls,
             inference: InferenceConfig {
                 join_ttl,
                 join_capacity: inf.join_capacity,
@@ -1047,6 +1210,77 @@ impl RawConfig {
             });
         }
         Ok(out)
+    }
+
+    /// `[auth]` without the tokens of `auth.tokens_env`, which [`load`]
+    /// adds from the environment it is given.
+    fn validate_auth(&self) -> Result<AuthConfig, Error> {
+        let a = &self.auth;
+        let reload_interval = parse_duration("auth.reload_interval", &a.reload_interval)?;
+        if reload_interval < Duration::from_millis(10) {
+            return Err(invalid("auth.reload_interval", "must be at least 10ms"));
+        }
+        let tokens_file = (!a.tokens_file.as_os_str().is_empty()).then(|| a.tokens_file.clone());
+        if let Some(path) = &tokens_file {
+            let digests = crate::auth::read_file(path).map_err(|e| {
+                let reason = match &e {
+                    crate::auth::Error::Read { .. } => error_chain(&e),
+                    crate::auth::Error::Token { .. } => format!("{}: {e}", path.display()),
+                };
+                invalid("auth.tokens_file", reason)
+            })?;
+            if digests.is_empty() {
+                return Err(invalid(
+                    "auth.tokens_file",
+                    format!("{} holds no token", path.display()),
+                ));
+            }
+        }
+        Ok(AuthConfig {
+            tokens_file,
+            env_tokens: Vec::new(),
+            protect_metrics: a.protect_metrics,
+            protect_health: a.protect_health,
+            reload_interval,
+        })
+    }
+
+    fn validate_tls(&self) -> Result<Option<TlsConfig>, Error> {
+        let t = &self.tls;
+        let set = |p: &PathBuf| (!p.as_os_str().is_empty()).then(|| p.clone());
+        let reload_interval = parse_duration("tls.reload_interval", &t.reload_interval)?;
+        if reload_interval < Duration::from_millis(10) {
+            return Err(invalid("tls.reload_interval", "must be at least 10ms"));
+        }
+        let cfg = match (set(&t.cert_file), set(&t.key_file)) {
+            (None, None) => {
+                if set(&t.client_ca_file).is_some() {
+                    return Err(invalid(
+                        "tls.client_ca_file",
+                        "mutual TLS needs tls.cert_file and tls.key_file too",
+                    ));
+                }
+                return Ok(None);
+            }
+            (Some(cert_file), Some(key_file)) => TlsConfig {
+                cert_file,
+                key_file,
+                client_ca_file: set(&t.client_ca_file),
+                http: t.http,
+                reload_interval,
+            },
+            (Some(_), None) => {
+                return Err(invalid("tls.key_file", "must be set with tls.cert_file"))
+            }
+            (None, Some(_)) => {
+                return Err(invalid("tls.cert_file", "must be set with tls.key_file"))
+            }
+        };
+        crate::tls::check(&cfg).map_err(|e| Error::Invalid {
+            key: e.key(&cfg),
+            reason: error_chain(&e),
+        })?;
+        Ok(Some(cfg))
     }
 
     fn validate_rules(&self) -> Result<Vec<Rule>, Error> {
@@ -1375,6 +1609,66 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("server.http_addr"), "{err}");
+    }
+
+    #[test]
+    fn auth_and_tls_errors_name_the_key() {
+        let cases: &[(&str, &str)] = &[
+            ("[tls]\ncert_file = \"/nonexistent.crt\"\n", "tls.key_file"),
+            (
+                "[tls]\ncert_file = \"/nonexistent.crt\"\nkey_file = \"/nonexistent.key\"\n",
+                "tls.cert_file",
+            ),
+            (
+                "[tls]\nclient_ca_file = \"/nonexistent.crt\"\n",
+                "tls.client_ca_file",
+            ),
+            (
+                "[tls]\nreload_interval = \"often\"\n",
+                "tls.reload_interval",
+            ),
+            (
+                "[auth]\ntokens_file = \"/nonexistent\"\n",
+                "auth.tokens_file",
+            ),
+            ("[auth]\nprotect_metrics = true\n", "auth.protect_metrics"),
+            ("[auth]\nprotect_health = true\n", "auth.protect_health"),
+        ];
+        for (text, key) in cases {
+            let f = file(text);
+            let err = load(Some(f.path()), env(&[])).unwrap_err().to_string();
+            assert!(err.contains(key), "{text:?}: {err:?} does not name {key}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = dir.path().join("tokens");
+        std::fs::write(&tokens, "# nothing yet\n").unwrap();
+        let f = file(&format!(
+            "[auth]\ntokens_file = {:?}\n",
+            tokens.display().to_string()
+        ));
+        let err = load(Some(f.path()), env(&[])).unwrap_err().to_string();
+        assert!(err.contains("holds no token"), "{err}");
+
+        // A token from the environment is checked too, and never echoed.
+        let err = load(None, env(&[("DRIFTD_TOKENS", "tooshort")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("auth.tokens_env"), "{err}");
+        assert!(!err.contains("tooshort"), "{err}");
+        let (_, c) = load(
+            None,
+            env(&[
+                ("DRIFTD_TOKENS", "0123456789abcdef,fedcba9876543210"),
+                ("DRIFTD_AUTH__PROTECT_METRICS", "true"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.auth.env_tokens.len(), 2);
+        assert!(c.auth.enabled() && c.auth.protect_metrics);
+        assert!(!format!("{c:?}").contains("0123456789abcdef"));
+        let (_, c) = load(None, env(&[])).unwrap();
+        assert!(!c.auth.enabled());
+        assert!(c.tls.is_none());
     }
 
     #[test]

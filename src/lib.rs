@@ -7,8 +7,8 @@
 //! See ARCHITECTURE.md for the code map. Read the pure core first
 //! (`domain`, `stats`, `window`, `reference`, `detector`, `rules`,
 //! `inference`), then the stateful parts (`store`, `engine`, `webhook`,
-//! `metrics`), then the edges (`server`, `config`, `telemetry`, `shutdown`,
-//! `app`) and the offline command (`compare`).
+//! `metrics`), then the edges (`server`, `auth`, `tls`, `watch`, `config`,
+//! `telemetry`, `shutdown`, `app`) and the offline command (`compare`).
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
@@ -28,9 +28,12 @@ pub mod store;
 pub mod webhook;
 
 pub mod app;
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod proto;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
+pub mod watch;

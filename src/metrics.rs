@@ -17,7 +17,7 @@ use prometheus::{
 
 use crate::domain::ModelKey;
 
-/// Why an ingest request was refused: the `reason` label of
+/// Why a request was refused: the `reason` label of
 /// `driftd_ingest_rejected_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RejectReason {
@@ -40,11 +40,13 @@ pub enum RejectReason {
     StoreError,
     /// A reference larger than `ingest.max_reference_records`.
     TooLarge,
+    /// No valid bearer token, on any protected gRPC call or HTTP request.
+    Unauthenticated,
 }
 
 impl RejectReason {
     /// Every reason, for pre-initialising the series.
-    pub const ALL: [RejectReason; 9] = [
+    pub const ALL: [RejectReason; 10] = [
         RejectReason::InvalidName,
         RejectReason::EmptyBatch,
         RejectReason::UnequalLengths,
@@ -54,6 +56,7 @@ impl RejectReason {
         RejectReason::Draining,
         RejectReason::StoreError,
         RejectReason::TooLarge,
+        RejectReason::Unauthenticated,
     ];
 
     /// The label value.
@@ -68,6 +71,7 @@ impl RejectReason {
             RejectReason::Draining => "draining",
             RejectReason::StoreError => "store_error",
             RejectReason::TooLarge => "too_large",
+            RejectReason::Unauthenticated => "unauthenticated",
         }
     }
 }
@@ -96,6 +100,44 @@ impl WebhookOutcome {
             WebhookOutcome::GaveUp => "gave_up",
             WebhookOutcome::DeadLettered => "dead_lettered",
             WebhookOutcome::Disabled => "disabled",
+        }
+    }
+}
+
+/// What a reload was of: the `source` label of `driftd_reloads_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadSource {
+    /// The bearer token file (`auth.tokens_file`).
+    Tokens,
+    /// The TLS certificate, key and client CA files (`[tls]`).
+    Tls,
+}
+
+impl ReloadSource {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReloadSource::Tokens => "tokens",
+            ReloadSource::Tls => "tls",
+        }
+    }
+}
+
+/// How a reload went: the `outcome` label of `driftd_reloads_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// The new files are in force.
+    Reloaded,
+    /// The new files could not be used; the previous ones stay in force.
+    Failed,
+}
+
+impl ReloadOutcome {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReloadOutcome::Reloaded => "reloaded",
+            ReloadOutcome::Failed => "failed",
         }
     }
 }
@@ -239,6 +281,8 @@ pub struct Metrics {
     pub cloudevents: IntCounterVec,
     /// `driftd_inference_join_pending`.
     pub join_pending: IntGauge,
+    /// `driftd_reloads_total`.
+    pub reloads: IntCounterVec,
     /// `driftd_window_values` (histogram over the reference bins),
     /// `driftd_window_bin_samples`, `driftd_reference_bin_ratio` and
     /// `driftd_reference_cumulative_ratio`: the inputs of the fleet-wide
@@ -350,7 +394,7 @@ impl Metrics {
             ),
             ingest_rejected: counter_vec(
                 "ingest_rejected_total",
-                "Ingest requests refused, by reason",
+                "Requests refused (ingest, or any protected request without a valid token), by reason",
                 &["reason"],
             ),
             // From tens of microseconds (an idle group commit) to seconds (a
@@ -521,6 +565,11 @@ impl Metrics {
                     .expect("unique metric");
                 g
             },
+            reloads: counter_vec(
+                "reloads_total",
+                "Reloads of changed token or TLS files, by source and outcome",
+                &["source", "outcome"],
+            ),
             fleet_bins: {
                 let c = FleetBins::new();
                 registry
@@ -538,6 +587,12 @@ impl Metrics {
             .set(1);
         for reason in RejectReason::ALL {
             m.ingest_rejected.with_label_values(&[reason.as_str()]);
+        }
+        for source in [ReloadSource::Tokens, ReloadSource::Tls] {
+            for outcome in [ReloadOutcome::Reloaded, ReloadOutcome::Failed] {
+                m.reloads
+                    .with_label_values(&[source.as_str(), outcome.as_str()]);
+            }
         }
         for outcome in [
             WebhookOutcome::Delivered,
@@ -578,7 +633,14 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts a rejected ingest request.
+    /// Counts a reload of changed token or TLS files.
+    pub fn reload(&self, source: ReloadSource, outcome: ReloadOutcome) {
+        self.reloads
+            .with_label_values(&[source.as_str(), outcome.as_str()])
+            .inc();
+    }
+
+    /// Counts a rejected request.
     pub fn reject(&self, reason: RejectReason) {
         self.ingest_rejected
             .with_label_values(&[reason.as_str()])

@@ -1,7 +1,8 @@
 //! The HTTP admin server (axum): `/metrics` in the Prometheus text format,
 //! `/healthz` (alive), `/readyz` (ready to take traffic, false while
 //! starting and draining) and the JSON API under `/api/v1`. Errors are JSON
-//! bodies `{"error": "..."}` with a 4xx status.
+//! bodies `{"error": "..."}` with a 4xx status. [`protect`] puts the bearer
+//! token check in front of every route, the KServe sink included.
 
 use std::sync::{
     atomic::{AtomicBool, Ordering},
@@ -9,8 +10,9 @@ use std::sync::{
 };
 
 use axum::{
-    extract::{Path, Query, State},
-    http::{header, StatusCode},
+    extract::{Path, Query, Request, State},
+    http::{header, HeaderValue, StatusCode},
+    middleware::Next,
     response::{IntoResponse, Response},
     routing::{get, post},
     Json, Router,
@@ -19,6 +21,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::{
+    auth::{self, Denial},
     domain::{self, Verdict},
     engine::{Reader, VersionStatus},
     metrics::Metrics,
@@ -65,6 +68,50 @@ pub fn router(metrics: Metrics, reader: Reader, ready: Readiness) -> Router {
             reader,
             ready,
         })
+}
+
+/// Requires a bearer token on every request to `router` when a token is
+/// configured, except `/metrics` (unless `auth.protect_metrics`) and
+/// `/healthz`, `/readyz` (unless `auth.protect_health`). Anything else,
+/// unknown paths and routes added later included, needs a token, so a new
+/// endpoint cannot be left open by mistake.
+pub fn protect(router: Router, guard: auth::Guard) -> Router {
+    if !guard.enabled() {
+        return router;
+    }
+    router.layer(axum::middleware::from_fn_with_state(guard, require_token))
+}
+
+async fn require_token(State(guard): State<auth::Guard>, request: Request, next: Next) -> Response {
+    let open = match request.uri().path() {
+        "/metrics" => !guard.protects_metrics(),
+        "/healthz" | "/readyz" => !guard.protects_health(),
+        _ => false,
+    };
+    if open {
+        return next.run(request).await;
+    }
+    let value = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    match guard.check(value) {
+        Ok(()) => next.run(request).await,
+        Err(denial) => {
+            // RFC 6750: the challenge names the error only when a token was
+            // presented.
+            let challenge = match denial {
+                Denial::Invalid => r#"Bearer realm="driftd", error="invalid_token""#,
+                Denial::Missing | Denial::NotBearer => r#"Bearer realm="driftd""#,
+            };
+            let mut response = error(StatusCode::UNAUTHORIZED, denial.message());
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
+            response
+        }
+    }
 }
 
 fn error(status: StatusCode, msg: impl Into<String>) -> Response {

@@ -8,6 +8,7 @@ use std::collections::{HashSet, VecDeque};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
+    auth,
     domain::{self, Batch, Column, ModelKey, Role, Values, Verdict},
     engine::{self, Handle, IngestAck},
     inference,
@@ -257,6 +258,29 @@ impl pb::driftd_server::Driftd for Service {
         Ok(Response::new(pb::GetStatusResponse {
             versions: versions.into_iter().map(version_to_proto).collect(),
         }))
+    }
+}
+
+/// An interceptor that lets a call through only with a valid
+/// `authorization: Bearer <token>` metadata entry (when `enforce` and a
+/// token is configured). Interceptors run on the request's metadata before
+/// the message is decoded, so a refused call costs no decoding.
+pub fn authenticate(
+    guard: auth::Guard,
+    enforce: bool,
+) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone + Send + Sync + 'static {
+    move |request: Request<()>| {
+        if !enforce {
+            return Ok(request);
+        }
+        let value = request
+            .metadata()
+            .get("authorization")
+            .map(|v| v.as_bytes());
+        match guard.check(value) {
+            Ok(()) => Ok(request),
+            Err(denial) => Err(Status::unauthenticated(denial.message())),
+        }
     }
 }
 

@@ -5,6 +5,8 @@
 
 mod support;
 
+/// Bearer tokens on gRPC and HTTP: refusals, rotation, open endpoints.
+mod auth;
 /// Each malformed request and its status and message.
 mod bad_input;
 /// The binary: configuration errors, check-config, SIGTERM.
@@ -25,5 +27,7 @@ mod kserve;
 mod prometheus_e2e;
 /// Unreadable stores: refused or quarantined.
 mod store;
+/// TLS and mutual TLS on both listeners, and certificate reload.
+mod tls;
 /// Durable webhook outbox against real receivers; Argo and Flagger gates.
 mod webhook;

@@ -20,8 +20,29 @@ use tonic::transport::Channel;
 pub struct TestDaemon {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    access: Access,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// How the harness reaches a daemon's HTTP server: the client (with the CA
+/// and client certificate of a TLS test), the scheme and a bearer token.
+#[derive(Clone, Default)]
+pub struct Access {
+    pub client: reqwest::Client,
+    pub https: bool,
+    pub token: Option<String>,
+}
+
+impl Access {
+    /// A GET with the token, if any.
+    pub fn get(&self, url: &str) -> reqwest::RequestBuilder {
+        let req = self.client.get(url);
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
 }
 
 /// Configuration for tests: fast evaluations, small windows, the given
@@ -102,6 +123,11 @@ pub async fn wait_records(
 
 impl TestDaemon {
     pub async fn start(config: driftd::config::Config) -> Self {
+        Self::start_with(config, Access::default()).await
+    }
+
+    /// Starts a daemon that the harness reaches through `access`.
+    pub async fn start_with(config: driftd::config::Config, access: Access) -> Self {
         let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let grpc_addr = grpc.local_addr().unwrap();
@@ -117,14 +143,15 @@ impl TestDaemon {
         let d = Self {
             grpc_addr,
             http_addr,
+            access: access.clone(),
             stop: Some(tx),
             task: Some(task),
         };
         let url = d.url("/readyz");
         wait_until("daemon ready", Duration::from_secs(10), || {
-            let url = url.clone();
+            let req = access.get(&url);
             async move {
-                reqwest::get(&url)
+                req.send()
                     .await
                     .map(|r| r.status().is_success())
                     .unwrap_or(false)
@@ -135,7 +162,8 @@ impl TestDaemon {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.http_addr, path)
+        let scheme = if self.access.https { "https" } else { "http" };
+        format!("{scheme}://{}{}", self.http_addr, path)
     }
 
     pub async fn client(&self) -> DriftdClient<Channel> {
@@ -145,7 +173,9 @@ impl TestDaemon {
     }
 
     pub async fn scrape(&self) -> String {
-        reqwest::get(self.url("/metrics"))
+        self.access
+            .get(&self.url("/metrics"))
+            .send()
             .await
             .unwrap()
             .text()
@@ -190,6 +220,15 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Replaces `path` with `contents` atomically (a new file renamed over the
+/// old one), as certificate managers and Kubernetes Secrets do, so a
+/// watcher never reads a half-written file.
+pub fn replace_file(path: &std::path::Path, contents: &str) {
+    let tmp = path.with_extension("tmp-replace");
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
 }
 
 /// Deterministic normal samples (Box-Muller), so failures reproduce.
