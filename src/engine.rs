@@ -1286,6 +1286,9 @@ async fn evaluate_all(
     if !events.is_empty() {
         webhooks.wake();
     }
+    if let Ok(size) = store.size_on_disk() {
+        metrics.store_size.set(size as f64);
+    }
     metrics
         .evaluation_duration
         .observe(started.elapsed().as_secs_f64());

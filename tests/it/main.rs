@@ -13,6 +13,8 @@ mod bad_input;
 mod binary;
 /// `driftd compare` on CSV files: SciPy golden report, exit codes, table.
 mod compare;
+/// SIGKILL at random moments: acknowledged records counted exactly once.
+mod crash;
 /// Deployment files: YAML parses, the ConfigMap's driftd.toml is valid,
 /// the dashboard is a dashboard model.
 mod deploy;
@@ -31,3 +33,6 @@ mod store;
 mod tls;
 /// Durable webhook outbox against real receivers; Argo and Flagger gates.
 mod webhook;
+/// Time and count windows, retention, reference files, import, live
+/// references.
+mod windows;
