@@ -25,9 +25,9 @@
 //! a uniform sample of the window; a bucket leaving the window removes
 //! exactly its own rows, so the sample stays uniform under expiry, and
 //! buckets merge by concatenation. Memory is bounded by pruning: when a
-//! window's buckets hold more than `sample_size * 6/5` rows, every bucket's
-//! threshold drops to the priority that leaves about `sample_size * 21/20`
-//! rows. A new bucket starts with the newest bucket's threshold, raised when
+//! window's buckets hold more than `sample_size * 11/10` rows, every
+//! bucket's threshold drops to the priority that leaves about
+//! `sample_size * 41/40` rows. A new bucket starts with the newest bucket's threshold, raised when
 //! the window holds fewer than `sample_size` rows (traffic fell), so the
 //! sample refills as old buckets expire.
 //!
@@ -385,6 +385,14 @@ impl Bucket {
                 keep[i - 1]
             });
         }
+        // Pruning is how memory stays bounded: give the space back.
+        let len = self.priorities.len();
+        if self.priorities.capacity() > 2 * len + 64 {
+            self.priorities.shrink_to_fit();
+            for col in self.values.values_mut() {
+                col.shrink_to_fit();
+            }
+        }
     }
 }
 
@@ -432,6 +440,10 @@ pub struct Window {
     binning: Arc<Binning>,
     seed: u64,
     buckets: BTreeMap<u64, Bucket>,
+    /// Sampled rows of each closed bucket as last stored whole: a pruned
+    /// bucket is stored whole again once it holds half as many, so the
+    /// store shrinks with memory.
+    written: BTreeMap<u64, usize>,
 }
 
 /// A point-in-time copy of a window, prepared for the statistics.
@@ -503,6 +515,7 @@ impl Window {
             binning,
             seed,
             buckets: BTreeMap::new(),
+            written: BTreeMap::new(),
         }
     }
 
@@ -514,12 +527,19 @@ impl Window {
         seed: u64,
         buckets: BTreeMap<u64, Bucket>,
     ) -> Self {
+        let newest = buckets.keys().next_back().copied();
+        let written = buckets
+            .iter()
+            .filter(|(id, _)| Some(**id) != newest)
+            .map(|(id, b)| (*id, b.priorities.len()))
+            .collect();
         Self {
             spec,
             limits,
             binning,
             seed,
             buckets,
+            written,
         }
     }
 
@@ -542,6 +562,7 @@ impl Window {
                 .range(first..)
                 .map(|(k, b)| (*k, b.clone()))
                 .collect(),
+            written: BTreeMap::new(),
         }
     }
 
@@ -580,9 +601,10 @@ impl Window {
             if !self.buckets.contains_key(&id) {
                 // A newer bucket closes the previous newest one: store it
                 // whole, replacing its per-batch parts.
-                if let Some((&last, _)) = self.buckets.iter().next_back() {
+                if let Some((&last, b)) = self.buckets.iter().next_back() {
                     if last < id {
                         changes.closed.insert(last);
+                        self.written.insert(last, b.priorities.len());
                     }
                 }
                 let tau = self.new_tau();
@@ -616,6 +638,7 @@ impl Window {
         let first = self.spec.first_live(now_ms, total);
         let keep = self.buckets.split_off(&first);
         let gone = std::mem::replace(&mut self.buckets, keep);
+        self.written = self.written.split_off(&first);
         gone.into_keys().collect()
     }
 
@@ -643,7 +666,7 @@ impl Window {
     fn enforce_cap(&mut self, changes: &mut Changes) {
         let k = self.limits.sample_size.max(1);
         let held: usize = self.buckets.values().map(|b| b.priorities.len()).sum();
-        if held <= k + k / 5 {
+        if held <= k + k / 10 {
             return;
         }
         let mut all: Vec<u64> = self
@@ -651,7 +674,7 @@ impl Window {
             .values()
             .flat_map(|b| b.priorities.iter().copied())
             .collect();
-        let target = (k + k / 20).min(all.len() - 1);
+        let target = (k + k / 40).min(all.len() - 1);
         let (_, &mut tau, _) = all.select_nth_unstable(target);
         // Rows at exactly `tau` stay, so the threshold is one below the
         // (target+1)-th priority.
@@ -659,7 +682,15 @@ impl Window {
         for (&id, b) in &mut self.buckets {
             if b.tau > tau {
                 b.prune(tau);
-                changes.pruned.insert(id, tau);
+                match self.written.get_mut(&id) {
+                    Some(w) if b.priorities.len() * 2 <= *w => {
+                        *w = b.priorities.len();
+                        changes.closed.insert(id);
+                    }
+                    _ => {
+                        changes.pruned.insert(id, tau);
+                    }
+                }
             }
         }
     }
