@@ -64,9 +64,10 @@ def daemon(tmp_path_factory) -> Daemon:
         DRIFTD_EVALUATION__INTERVAL="100ms",
         DRIFTD_EVALUATION__MIN_SAMPLES="20",
         # Small, so a test's rows fill the warm-up reference; the window is
-        # larger than any test's rows, so window counts equal rows sent.
+        # larger than any test's rows, so it holds every row sent after the
+        # warm-up.
         DRIFTD_REFERENCE__WARMUP_SAMPLES="50",
-        DRIFTD_WINDOW__SIZE="2000",
+        DRIFTD_WINDOW__WINDOWS="count:2000",
     )
     proc = subprocess.Popen(
         [str(binary), "--log-format", "json"],
