@@ -15,7 +15,7 @@ use driftd::{
     domain::{Batch, Column, ModelKey, Role, Values},
     reference::{self, Reference},
     stats,
-    window::{Binning, Changes, FeatureSample, Limits, SampleData, Snapshot, Window, WindowSpec},
+    window::{Changes, FeatureSample, Limits, SampleData, Snapshot, Window, WindowSpec},
 };
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -147,8 +147,10 @@ fn statistics(c: &mut Criterion) {
                 cats[((100f64).powf(u) - 1.0) as usize % 100].as_str()
             })
             .collect();
-        let ref_counts: BTreeMap<String, u64> =
-            cats.iter().map(|c| (c.clone(), 1000 + c.len() as u64)).collect();
+        let ref_counts: BTreeMap<String, u64> = cats
+            .iter()
+            .map(|c| (c.clone(), 1000 + c.len() as u64))
+            .collect();
         g.throughput(Throughput::Elements(n as u64));
         g.bench_function(BenchmarkId::new("count_align_test", name), |b| {
             b.iter(|| {

@@ -10,7 +10,7 @@
 #
 # Environment: BIN (directory of the two binaries), ROUNDS (3), DURATION
 # (20s per round), WARMUP (5s), LOAD (loadgen flags of the throughput
-# runs), OUT (JSON lines file).
+# runs), UNARY_ROWS (rows per unary batch, 100), OUT (JSON lines file).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -53,7 +53,7 @@ PY
 rate=$(python3 -c "print(round($peak / 10))")
 store=$(mktemp -d /tmp/driftd-bench-store.XXXXXX)
 # shellcheck disable=SC2046
-"$LOADGEN" run --addr "http://$GRPC" --mode unary --streams 4 --rows 100 --features 50 \
+"$LOADGEN" run --addr "http://$GRPC" --mode unary --streams 4 --rows "${UNARY_ROWS:-100}" --features 50 \
     --rate "$rate" --warmup "$WARMUP" --duration "$DURATION" --ready-url "http://$HTTP/readyz" \
     --json --label "unary-10pct" -- $(daemon "$store") >>"$OUT"
 rm -rf "$store"

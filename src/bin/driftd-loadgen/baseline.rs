@@ -143,7 +143,16 @@ pub async fn serve(addr: SocketAddr, max_message_bytes: usize) -> anyhow::Result
     tonic::transport::Server::builder()
         .add_service(server)
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            tokio_stream::StreamExt::map(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                |conn| {
+                    // As driftd does: no Nagle delay on small answers.
+                    if let Ok(tcp) = &conn {
+                        let _ = tcp.set_nodelay(true);
+                    }
+                    conn
+                },
+            ),
             shutdown,
         )
         .await?;

@@ -35,11 +35,6 @@ pub struct Shape {
 }
 
 impl Shape {
-    /// Values per batch, over every feature.
-    pub fn values_per_batch(&self) -> u64 {
-        (self.rows * (self.features + self.categorical)) as u64
-    }
-
     /// The name of model `i`.
     pub fn model_name(i: usize) -> String {
         format!("model-{i:03}")
@@ -226,6 +221,10 @@ mod tests {
         let batch = req.batch.unwrap();
         assert_eq!(batch.model, "model-001");
         assert_eq!(batch.columns.len(), 4);
-        assert_eq!(shape.values_per_batch(), 40);
+        assert!(batch.columns.iter().all(|c| match &c.values {
+            Some(pb::column::Values::Numeric(v)) => v.values.len() == 10,
+            Some(pb::column::Values::Categorical(v)) => v.values.len() == 10,
+            None => false,
+        }));
     }
 }

@@ -31,7 +31,7 @@ struct Cli {
 enum Cmd {
     /// Send load to a daemon (started here when a command follows `--`)
     /// and report throughput, latency and the daemon's CPU and memory.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Serve the driftd.v1.Driftd service, decoding every batch and
     /// discarding it: the ceiling driftd is compared with.
     Baseline(BaselineArgs),
@@ -198,7 +198,7 @@ fn main() -> ExitCode {
             }
             Cmd::Run(a) => {
                 let json = a.json;
-                let report = run::run(settings(a)).await?;
+                let report = run::run(settings(*a)).await?;
                 if json {
                     println!("{}", serde_json::to_string(&report)?);
                 } else {

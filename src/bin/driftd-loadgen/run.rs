@@ -297,11 +297,11 @@ async fn stop(mut child: Child) -> anyhow::Result<f64> {
 }
 
 async fn connect(addr: &str) -> anyhow::Result<Channel> {
-    Ok(Endpoint::from_shared(addr.to_string())?
+    Endpoint::from_shared(addr.to_string())?
         .tcp_nodelay(true)
         .connect()
         .await
-        .with_context(|| format!("connecting to {addr}"))?)
+        .with_context(|| format!("connecting to {addr}"))
 }
 
 async fn load(
@@ -460,9 +460,9 @@ impl Worker {
     /// Seconds between this worker's batches at the target rate.
     fn interval(&self) -> Option<Duration> {
         let s = &self.settings;
-        s.rate.filter(|r| *r > 0.0).map(|r| {
-            Duration::from_secs_f64(s.shape.rows as f64 * s.streams as f64 / r)
-        })
+        s.rate
+            .filter(|r| *r > 0.0)
+            .map(|r| Duration::from_secs_f64(s.shape.rows as f64 * s.streams as f64 / r))
     }
 
     /// Runs until told to stop; returns the latencies it measured, in
