@@ -959,9 +959,18 @@ fn write_batch(
         }
     }
     let mut commit = Commit::default();
+    // The windows bin against the same reference: bin every value once.
+    let prepared = v.windows.first().map(|w| w.prepare(batch, skip));
     for w in &mut v.windows {
         let mut ch = Changes::default();
-        w.apply(batch, skip, now, first_row + skip as u64, &mut ch);
+        w.apply_prepared(
+            batch,
+            skip,
+            now,
+            first_row + skip as u64,
+            prepared.as_ref(),
+            &mut ch,
+        );
         let name = &w.spec().name;
         commit.deltas.extend(
             ch.deltas

@@ -340,6 +340,9 @@ async fn accept_loop(
                 continue;
             }
         };
+        // Small answers (an acknowledgement, a status) must not wait for
+        // the peer's delayed ACK under Nagle's algorithm.
+        let _ = tcp.set_nodelay(true);
         let acceptor = TlsAcceptor::from(tls.config(proto));
         let tx = tx.clone();
         tokio::spawn(async move {

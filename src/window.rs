@@ -587,6 +587,50 @@ impl Window {
         first_row: u64,
         changes: &mut Changes,
     ) {
+        self.apply_prepared(batch, skip, arrival_ms, first_row, None, changes);
+    }
+
+    /// Aggregates of rows `skip..` of `batch` over this window's bins, for
+    /// [`Window::apply_prepared`]: the windows of a version bin against the
+    /// same reference, so they can share them instead of each binning every
+    /// value again.
+    pub fn prepare(&self, batch: &Batch, skip: usize) -> Prepared {
+        let columns = batch
+            .columns
+            .iter()
+            .map(|col| match &col.values {
+                Values::Numeric(v) => Some(numeric_agg(
+                    &v[skip.min(v.len())..],
+                    self.binning.edges.get(&col.name),
+                )),
+                Values::Categorical(_) => None,
+            })
+            .collect();
+        Prepared {
+            binning: self.binning.clone(),
+            skip,
+            columns,
+        }
+    }
+
+    /// [`Window::apply`], using `prepared` (from [`Window::prepare`] of a
+    /// window with the same binning, on the same batch and `skip`) for
+    /// every bucket that takes all of those rows; anything else is
+    /// computed here. The result is identical either way.
+    pub fn apply_prepared(
+        &mut self,
+        batch: &Batch,
+        skip: usize,
+        arrival_ms: i64,
+        first_row: u64,
+        prepared: Option<&Prepared>,
+        changes: &mut Changes,
+    ) {
+        let prepared = prepared.filter(|p| {
+            p.skip == skip
+                && p.columns.len() == batch.columns.len()
+                && Arc::ptr_eq(&p.binning, &self.binning)
+        });
         let mut lo = skip;
         while lo < batch.n_rows {
             let row = first_row + (lo - skip) as u64;
@@ -613,6 +657,7 @@ impl Window {
             let Some(bucket) = self.buckets.get(&id) else {
                 break;
             };
+            let whole = prepared.filter(|_| lo == skip && hi == batch.n_rows);
             let delta = make_delta(
                 bucket,
                 batch,
@@ -621,6 +666,7 @@ impl Window {
                 self.seed,
                 &self.binning,
                 self.limits,
+                whole,
             );
             if let Some(b) = self.buckets.get_mut(&id) {
                 b.merge(&delta);
@@ -861,8 +907,40 @@ impl Window {
     }
 }
 
+/// Whole-batch aggregates of a batch's numeric columns over one binning,
+/// shared by the windows that bin against it (see [`Window::prepare`]).
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    binning: Arc<Binning>,
+    skip: usize,
+    /// Per column of the batch: `(missing, aggregates)` when numeric.
+    columns: Vec<Option<(u64, AggData)>>,
+}
+
+/// Missing count and aggregates of numeric values over `edges`.
+fn numeric_agg(v: &[f64], edges: Option<&Vec<f64>>) -> (u64, AggData) {
+    let mut bins = edges.map(|e| vec![0u64; e.len() + 1]).unwrap_or_default();
+    let (mut n, mut sum, mut missing) = (0u64, 0.0, 0u64);
+    for &x in v {
+        if x.is_finite() {
+            n += 1;
+            sum += x;
+            if let Some(e) = edges {
+                bins[stats::bin_index(e, x)] += 1;
+            }
+        } else {
+            missing += 1;
+        }
+    }
+    (missing, AggData::Numeric { n, sum, bins })
+}
+
 /// The contribution of `batch` rows `range` (the first with record index
-/// `first_row`) to `bucket`.
+/// `first_row`) to `bucket`; `whole`, when given, holds the numeric
+/// aggregates of exactly those rows.
+// One call site; the arguments are the bucket's context, a struct would
+// only rename them.
+#[allow(clippy::too_many_arguments)]
 fn make_delta(
     bucket: &Bucket,
     batch: &Batch,
@@ -871,40 +949,29 @@ fn make_delta(
     seed: u64,
     binning: &Binning,
     limits: Limits,
+    whole: Option<&Prepared>,
 ) -> Bucket {
     let mut d = Bucket::empty(bucket.tau);
     d.rows = range.len() as u64;
-    let kept: Vec<usize> = range
+    // (row, priority) of the rows the bucket keeps.
+    let kept: Vec<(usize, u64)> = range
         .clone()
-        .filter(|&i| priority(seed, first_row + (i - range.start) as u64) <= bucket.tau)
+        .map(|i| (i, priority(seed, first_row + (i - range.start) as u64)))
+        .filter(|&(_, p)| p <= bucket.tau)
         .collect();
-    d.priorities = kept
-        .iter()
-        .map(|&i| priority(seed, first_row + (i - range.start) as u64))
-        .collect();
-    for col in &batch.columns {
+    d.priorities = kept.iter().map(|&(_, p)| p).collect();
+    for (col_idx, col) in batch.columns.iter().enumerate() {
         let (missing, data) = match &col.values {
             Values::Numeric(v) => {
                 let v = &v[range.clone()];
-                let edges = binning.edges.get(&col.name);
-                let mut bins = edges.map(|e| vec![0u64; e.len() + 1]).unwrap_or_default();
-                let (mut n, mut sum, mut missing) = (0u64, 0.0, 0u64);
-                for &x in v {
-                    if x.is_finite() {
-                        n += 1;
-                        sum += x;
-                        if let Some(e) = edges {
-                            bins[stats::bin_index(e, x)] += 1;
-                        }
-                    } else {
-                        missing += 1;
-                    }
-                }
                 d.values.insert(
                     col.name.clone(),
-                    kept.iter().map(|&i| v[i - range.start]).collect(),
+                    kept.iter().map(|&(i, _)| v[i - range.start]).collect(),
                 );
-                (missing, AggData::Numeric { n, sum, bins })
+                match whole.and_then(|p| p.columns[col_idx].as_ref()) {
+                    Some(agg) => agg.clone(),
+                    None => numeric_agg(v, binning.edges.get(&col.name)),
+                }
             }
             Values::Categorical(v) => {
                 let known = binning.categories.get(&col.name);

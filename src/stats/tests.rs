@@ -515,3 +515,23 @@ fn streamed_pairwise_sum_groups_like_the_slice_version() {
         );
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// `bin_index` counts edges below `x` for short edge lists and searches
+    /// longer ones; both must be `numpy.searchsorted(edges, x, 'left')`.
+    #[test]
+    fn bin_index_is_the_left_partition_point(
+        mut edges in prop::collection::vec(-5.0f64..5.0, 0..48),
+        xs in prop::collection::vec(prop_oneof![-6.0f64..6.0, Just(f64::NAN), Just(0.0)], 1..32),
+    ) {
+        edges.sort_unstable_by(f64::total_cmp);
+        edges.dedup();
+        // Values equal to an edge fall into the bin below it.
+        let on_edges: Vec<f64> = edges.iter().copied().take(4).collect();
+        for &x in xs.iter().chain(&on_edges) {
+            prop_assert_eq!(bin_index(&edges, x), edges.partition_point(|&e| e < x));
+        }
+    }
+}

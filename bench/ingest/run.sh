@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Ingest side by side: the decode-only baseline and driftd (durable
+# acknowledgements, default configuration, a fresh store each round), in
+# interleaved rounds under the same load, then unary acknowledgement
+# latency against driftd at a tenth of the peak it reached. Prints a
+# markdown table; the raw JSON reports go to $OUT.
+#
+#   CARGO_TARGET_DIR=... cargo build --release --bin driftd --bin driftd-loadgen
+#   bench/ingest/run.sh
+#
+# Environment: BIN (directory of the two binaries), ROUNDS (3), DURATION
+# (20s per round), WARMUP (5s), LOAD (loadgen flags of the throughput
+# runs), UNARY_ROWS (rows per unary batch, 100), OUT (JSON lines file).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release}
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-20s}
+WARMUP=${WARMUP:-5s}
+LOAD=${LOAD:---streams 4 --stream-batches 100 --rows 1000 --features 50 --models 1}
+OUT=${OUT:-$(mktemp /tmp/driftd-ingest.XXXXXX.jsonl)}
+GRPC=127.0.0.1:7790
+HTTP=127.0.0.1:9790
+LOADGEN="$BIN/driftd-loadgen"
+
+daemon() { # store dir
+    echo env DRIFTD_STORE__PATH="$1" DRIFTD_SERVER__GRPC_ADDR=$GRPC \
+        DRIFTD_SERVER__HTTP_ADDR=$HTTP DRIFTD_LOG=warn "$BIN/driftd"
+}
+
+echo "load: $LOAD; $ROUNDS rounds of $DURATION (+$WARMUP warm-up); reports in $OUT" >&2
+echo "uptime before: $(uptime)" >&2
+for round in $(seq "$ROUNDS"); do
+    # shellcheck disable=SC2086
+    "$LOADGEN" run --addr "http://$GRPC" $LOAD --warmup "$WARMUP" --duration "$DURATION" \
+        --json --label "baseline-$round" -- "$LOADGEN" baseline --addr $GRPC >>"$OUT"
+    store=$(mktemp -d /tmp/driftd-bench-store.XXXXXX)
+    # shellcheck disable=SC2086,SC2046
+    "$LOADGEN" run --addr "http://$GRPC" $LOAD --warmup "$WARMUP" --duration "$DURATION" \
+        --ready-url "http://$HTTP/readyz" --json --label "driftd-$round" -- $(daemon "$store") >>"$OUT"
+    rm -rf "$store"
+done
+
+# Unary latency at a tenth of driftd's best throughput, one row shape
+# smaller (100 rows) as a model server would send per request.
+peak=$(python3 - "$OUT" <<'PY'
+import json, sys
+rs = [json.loads(l) for l in open(sys.argv[1])]
+print(max(r["records_per_s"] for r in rs if r["label"].startswith("driftd-")))
+PY
+)
+rate=$(python3 -c "print(round($peak / 10))")
+store=$(mktemp -d /tmp/driftd-bench-store.XXXXXX)
+# shellcheck disable=SC2046
+"$LOADGEN" run --addr "http://$GRPC" --mode unary --streams 4 --rows "${UNARY_ROWS:-100}" --features 50 \
+    --rate "$rate" --warmup "$WARMUP" --duration "$DURATION" --ready-url "http://$HTTP/readyz" \
+    --json --label "unary-10pct" -- $(daemon "$store") >>"$OUT"
+rm -rf "$store"
+echo "uptime after: $(uptime)" >&2
+python3 bench/ingest/summarize.py "$OUT"
