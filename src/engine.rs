@@ -7,7 +7,7 @@
 //! mutator of windows and the only store writer for ingest: it takes a group
 //! of queued commands, applies and writes them, flushes the store once for
 //! the whole group (group commit) and only then acknowledges them. The
-//! *evaluator* copies windows under the lock, computes statistics on a
+//! *evaluator* shares the live buckets under the lock, computes statistics on a
 //! blocking thread without the lock, then records results and rule
 //! transitions. The engine knows tokio but not tonic, HTTP or sled.
 
@@ -1096,7 +1096,8 @@ async fn evaluate_all(
 ) {
     let started = Instant::now();
     let now = shared.cfg.clock.now_ms();
-    // Under the lock: copies of the live buckets only; everything costly
+    // Under the lock: shared references to the live buckets only (the
+    // writer copies a bucket it changes while shared); everything costly
     // (merging samples, sorting, statistics) runs on a blocking thread.
     let work: Vec<Work> = {
         let state = lock(&shared.state);

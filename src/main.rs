@@ -117,6 +117,12 @@ fn positive_finite(s: &str) -> Result<f64, String> {
     }
 }
 
+/// mimalloc rather than the system allocator: the windows free and
+/// reallocate sample vectors of many sizes all day, and glibc's malloc
+/// keeps much more of that memory resident (BENCHMARKS.md, memory).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // `compare` is offline: dispatch it before the configuration is loaded so

@@ -209,6 +209,10 @@ fn numeric(sorted: Vec<f64>, settings: Settings) -> RefData {
     };
     let std = (sorted.len() >= 2).then(|| stats::std_ddof1(&sorted));
     let sample = if sorted.len() <= settings.sample_size {
+        // Collected by pushes: give back the growth slack, the sample is
+        // kept for the reference's lifetime.
+        let mut sorted = sorted;
+        sorted.shrink_to_fit();
         sorted
     } else {
         // Bottom-k by a hash of the position: uniform and reproducible.

@@ -16,12 +16,18 @@
 //! - `meta`: the schema version and small metadata.
 //! - `batches`: `<version><seq>`: raw batches of a version still warming
 //!   up (deleted once its reference forms).
-//! - `windows`: `<version><window>\0<bucket><part>`: a bucket's delta per
-//!   batch (`part` = the batch's first record index) and, once the bucket
-//!   closes or is pruned, its whole state (`part` = `u64::MAX`); and
-//!   `<version>\x01meta`: the version's counters and idempotent producers'
+//! - `windows`: four regions, each key led by its region byte:
+//!   `1 <version><window>\0<bucket><u64::MAX>`: a bucket's whole state,
+//!   written once it closes (or was pruned to half); `2 ...<bucket><u64::MAX-1>`:
+//!   its sampling threshold after a pruning; `3 ...<bucket><part>`: its
+//!   delta per batch (`part` = the batch's first record index); and
+//!   `4 <version>`: the version's counters and idempotent producers'
 //!   positions. Everything one batch changes is one atomic write, and at
-//!   load only deltas below the stored record count are used.
+//!   load only deltas below the stored record count are used. The regions
+//!   keep the small values that every batch appends (deltas, counters)
+//!   out of the tree leaves that hold the large whole states: sled rewrites
+//!   a whole leaf every few changes to it, so a delta appended next to
+//!   whole states would rewrite them again and again.
 //! - `references`, `rules`, `outbox`: one entry per version, rule, event.
 
 use std::{
@@ -47,7 +53,7 @@ use crate::{
 
 /// On-disk format version, checked at open. Bump it whenever an encoding or
 /// key layout below changes.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 const SCHEMA_KEY: &[u8] = b"schema_version";
 
@@ -57,9 +63,11 @@ const WHOLE: u64 = u64::MAX;
 /// The `part` of a bucket's threshold after a pruning.
 const TAU: u64 = u64::MAX - 1;
 
-/// After the version prefix in the `windows` tree: the version's counters.
-/// Window names cannot contain byte 1, so this never meets a bucket key.
-const META_SUFFIX: &[u8] = b"\x01meta";
+/// Regions of the `windows` tree (the first byte of every key).
+const REGION_WHOLE: u8 = 1;
+const REGION_TAU: u8 = 2;
+const REGION_DELTA: u8 = 3;
+const REGION_META: u8 = 4;
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
@@ -559,13 +567,13 @@ impl Store {
         let mut writes: Vec<Write> = Vec::with_capacity(c.deltas.len() + 1);
         for (window, bucket, part, delta) in &c.deltas {
             writes.push((
-                window_key(key, window, *bucket, *part),
+                window_key(REGION_DELTA, key, window, *bucket, *part),
                 Some(postcard_bytes(delta)),
             ));
         }
         for (window, bucket, tau) in &c.taus {
             writes.push((
-                window_key(key, window, *bucket, TAU),
+                window_key(REGION_TAU, key, window, *bucket, TAU),
                 Some(tau.to_be_bytes().to_vec()),
             ));
         }
@@ -574,16 +582,14 @@ impl Store {
         for (window, bucket, whole) in &c.wholes {
             self.stored_parts(key, window, *bucket, &mut writes)?;
             writes.push((
-                window_key(key, window, *bucket, WHOLE),
+                window_key(REGION_WHOLE, key, window, *bucket, WHOLE),
                 Some(postcard_bytes(whole)),
             ));
         }
         for (window, bucket) in &c.removed {
             self.stored_parts(key, window, *bucket, &mut writes)?;
         }
-        let mut k = version_prefix(key);
-        k.extend_from_slice(META_SUFFIX);
-        writes.push((k, Some(postcard_bytes(&c.meta))));
+        writes.push((meta_key(key), Some(postcard_bytes(&c.meta))));
         self.apply(Tree::Windows, writes)
     }
 
@@ -596,13 +602,16 @@ impl Store {
         bucket: u64,
         writes: &mut Vec<Write>,
     ) -> Result<(), Error> {
-        let prefix = window_key(key, window, bucket, 0);
-        let prefix = &prefix[..prefix.len() - 8];
-        writes.retain(|(k, _)| !k.starts_with(prefix));
-        self.backend.scan(Tree::Windows, prefix, &mut |k, _| {
-            writes.push((k.to_vec(), None));
-            Ok(())
-        })
+        for region in [REGION_WHOLE, REGION_TAU, REGION_DELTA] {
+            let prefix = window_key(region, key, window, bucket, 0);
+            let prefix = &prefix[..prefix.len() - 8];
+            writes.retain(|(k, _)| !k.starts_with(prefix));
+            self.backend.scan(Tree::Windows, prefix, &mut |k, _| {
+                writes.push((k.to_vec(), None));
+                Ok(())
+            })?;
+        }
+        Ok(())
     }
 
     /// Stores a raw batch of a version still warming up.
@@ -641,18 +650,19 @@ impl Store {
     /// # Errors
     /// [`Error::Io`] when the write fails.
     pub fn delete_windows(&self, key: &ModelKey, window: Option<&str>) -> Result<(), Error> {
-        let mut prefix = version_prefix(key);
-        if let Some(w) = window {
-            prefix.extend_from_slice(w.as_bytes());
-            prefix.push(0);
-        }
         let mut writes = Vec::new();
-        self.backend.scan(Tree::Windows, &prefix, &mut |k, _| {
-            if !k.ends_with(META_SUFFIX) {
-                writes.push((k.to_vec(), None));
+        for region in [REGION_WHOLE, REGION_TAU, REGION_DELTA] {
+            let mut prefix = vec![region];
+            prefix.extend_from_slice(&version_prefix(key));
+            if let Some(w) = window {
+                prefix.extend_from_slice(w.as_bytes());
+                prefix.push(0);
             }
-            Ok(())
-        })?;
+            self.backend.scan(Tree::Windows, &prefix, &mut |k, _| {
+                writes.push((k.to_vec(), None));
+                Ok(())
+            })?;
+        }
         if writes.is_empty() {
             return Ok(());
         }
@@ -821,8 +831,12 @@ impl Store {
         })?;
         self.backend.scan(Tree::Windows, b"", &mut |k, v| {
             let corrupt = || Error::Corrupt { tree: "windows" };
+            let (&region, k) = k.split_first().ok_or_else(corrupt)?;
             let (key, rest) = decode_version_prefix(k).ok_or_else(corrupt)?;
-            if rest == META_SUFFIX {
+            if region == REGION_META {
+                if !rest.is_empty() {
+                    return Err(corrupt());
+                }
                 version_entry(&mut versions, key).meta =
                     postcard::from_bytes(v).map_err(|_| corrupt())?;
                 return Ok(());
@@ -841,15 +855,19 @@ impl Store {
                 .or_default()
                 .entry(bucket)
                 .or_default();
-            if part == TAU {
-                entry.tau = Some(u64::from_be_bytes(v.try_into().map_err(|_| corrupt())?));
-            } else {
-                let b: Bucket = postcard::from_bytes(v).map_err(|_| corrupt())?;
-                if part == WHOLE {
-                    entry.whole = Some(b);
-                } else {
-                    entry.deltas.push((part, b));
+            match (region, part) {
+                (REGION_TAU, TAU) => {
+                    entry.tau = Some(u64::from_be_bytes(v.try_into().map_err(|_| corrupt())?));
                 }
+                (REGION_WHOLE, WHOLE) => {
+                    entry.whole = Some(postcard::from_bytes(v).map_err(|_| corrupt())?);
+                }
+                (REGION_DELTA, part) if part < TAU => {
+                    entry
+                        .deltas
+                        .push((part, postcard::from_bytes(v).map_err(|_| corrupt())?));
+                }
+                _ => return Err(corrupt()),
             }
             Ok(())
         })?;
@@ -935,12 +953,19 @@ fn version_prefix(key: &ModelKey) -> Vec<u8> {
     k
 }
 
-fn window_key(key: &ModelKey, window: &str, bucket: u64, part: u64) -> Vec<u8> {
-    let mut k = version_prefix(key);
+fn window_key(region: u8, key: &ModelKey, window: &str, bucket: u64, part: u64) -> Vec<u8> {
+    let mut k = vec![region];
+    k.extend_from_slice(&version_prefix(key));
     k.extend_from_slice(window.as_bytes());
     k.push(0);
     k.extend_from_slice(&bucket.to_be_bytes());
     k.extend_from_slice(&part.to_be_bytes());
+    k
+}
+
+fn meta_key(key: &ModelKey) -> Vec<u8> {
+    let mut k = vec![REGION_META];
+    k.extend_from_slice(&version_prefix(key));
     k
 }
 

@@ -388,10 +388,15 @@ impl Bucket {
         // Pruning is how memory stays bounded: give the space back.
         let len = self.priorities.len();
         if self.priorities.capacity() > 2 * len + 64 {
-            self.priorities.shrink_to_fit();
-            for col in self.values.values_mut() {
-                col.shrink_to_fit();
-            }
+            self.shrink();
+        }
+    }
+
+    /// Gives back the vectors' unused capacity.
+    fn shrink(&mut self) {
+        self.priorities.shrink_to_fit();
+        for col in self.values.values_mut() {
+            col.shrink_to_fit();
         }
     }
 }
@@ -439,7 +444,9 @@ pub struct Window {
     limits: Limits,
     binning: Arc<Binning>,
     seed: u64,
-    buckets: BTreeMap<u64, Bucket>,
+    /// Shared with the evaluator's copies ([`Window::live_copy`]): the
+    /// writer copies a bucket only when it changes one still shared.
+    buckets: BTreeMap<u64, Arc<Bucket>>,
     /// Sampled rows of each closed bucket as last stored whole: a pruned
     /// bucket is stored whole again once it holds half as many, so the
     /// store shrinks with memory.
@@ -533,6 +540,7 @@ impl Window {
             .filter(|(id, _)| Some(**id) != newest)
             .map(|(id, b)| (*id, b.priorities.len()))
             .collect();
+        let buckets = buckets.into_iter().map(|(k, b)| (k, Arc::new(b))).collect();
         Self {
             spec,
             limits,
@@ -549,7 +557,7 @@ impl Window {
     }
 
     /// A copy holding only the buckets live at `now_ms`, for evaluating off
-    /// the lock.
+    /// the lock. Cheap: it shares the buckets.
     pub fn live_copy(&self, now_ms: i64, total: u64) -> Window {
         let first = self.spec.first_live(now_ms, total);
         Window {
@@ -560,7 +568,7 @@ impl Window {
             buckets: self
                 .buckets
                 .range(first..)
-                .map(|(k, b)| (*k, b.clone()))
+                .map(|(k, b)| (*k, Arc::clone(b)))
                 .collect(),
             written: BTreeMap::new(),
         }
@@ -568,7 +576,7 @@ impl Window {
 
     /// The stored state of a bucket.
     pub fn bucket(&self, id: u64) -> Option<&Bucket> {
-        self.buckets.get(&id)
+        self.buckets.get(&id).map(|b| &**b)
     }
 
     /// Buckets held, live or not yet removed.
@@ -645,14 +653,16 @@ impl Window {
             if !self.buckets.contains_key(&id) {
                 // A newer bucket closes the previous newest one: store it
                 // whole, replacing its per-batch parts.
-                if let Some((&last, b)) = self.buckets.iter().next_back() {
+                if let Some((&last, b)) = self.buckets.iter_mut().next_back() {
                     if last < id {
                         changes.closed.insert(last);
                         self.written.insert(last, b.priorities.len());
+                        // A closed bucket never grows again.
+                        Arc::make_mut(b).shrink();
                     }
                 }
                 let tau = self.new_tau();
-                self.buckets.insert(id, Bucket::empty(tau));
+                self.buckets.insert(id, Arc::new(Bucket::empty(tau)));
             }
             let Some(bucket) = self.buckets.get(&id) else {
                 break;
@@ -669,7 +679,7 @@ impl Window {
                 whole,
             );
             if let Some(b) = self.buckets.get_mut(&id) {
-                b.merge(&delta);
+                Arc::make_mut(b).merge(&delta);
             }
             changes.deltas.push((id, row, delta));
             lo = hi;
@@ -727,6 +737,7 @@ impl Window {
         let tau = tau.saturating_sub(1);
         for (&id, b) in &mut self.buckets {
             if b.tau > tau {
+                let b = Arc::make_mut(b);
                 b.prune(tau);
                 match self.written.get_mut(&id) {
                     Some(w) if b.priorities.len() * 2 <= *w => {
@@ -780,7 +791,7 @@ impl Window {
     /// bottom-k sample, values sorted.
     pub fn snapshot(&self, now_ms: i64, total: u64) -> Snapshot {
         let first = self.spec.first_live(now_ms, total);
-        let live: Vec<&Bucket> = self.buckets.range(first..).map(|(_, b)| b).collect();
+        let live: Vec<&Bucket> = self.buckets.range(first..).map(|(_, b)| &**b).collect();
         let tau = live.iter().map(|b| b.tau).min().unwrap_or(KEEP_ALL);
         // (priority, bucket index, row index) of every candidate row.
         let mut rows: Vec<(u64, usize, usize)> = live

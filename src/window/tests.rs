@@ -314,3 +314,37 @@ fn a_steady_stream_keeps_about_k_rows_and_a_full_sample() {
         snap.sample_rows
     );
 }
+
+#[test]
+fn a_live_copy_is_a_point_in_time_copy_that_shares_unchanged_buckets() {
+    let spec = WindowSpec::parse("1m/10s").unwrap();
+    let limits = Limits {
+        sample_size: 50,
+        max_categories: 10,
+    };
+    let mut w = Window::new(spec, limits, Arc::new(binning()), SEED);
+    let mut total = 0;
+    let feed = |w: &mut Window, s: i64, total: &mut u64| {
+        let xs: Vec<f64> = (0..40).map(|i| f64::from(i % 100) + s as f64).collect();
+        let cs = vec!["k1".to_string(); 40];
+        w.apply(&batch(xs, cs), 0, s * 1000, *total, &mut Changes::default());
+        *total += 40;
+    };
+    for s in 0..30 {
+        feed(&mut w, s, &mut total);
+    }
+    let now = 29_000;
+    let copy = w.live_copy(now, total);
+    let before = copy.snapshot(now, total);
+    assert_eq!(before, w.snapshot(now, total));
+    // Closed buckets are shared, not copied.
+    let closed = w.buckets.keys().next().copied().unwrap();
+    assert!(Arc::ptr_eq(&w.buckets[&closed], &copy.buckets[&closed]));
+    // The writer goes on (the open bucket grows, the sample is pruned);
+    // the copy does not move.
+    for s in 30..45 {
+        feed(&mut w, s, &mut total);
+    }
+    assert_eq!(copy.snapshot(now, total - 15 * 40), before);
+    assert_ne!(w.snapshot(44_000, total), before);
+}
