@@ -325,6 +325,10 @@ fn evaluation(c: &mut Criterion) {
         now += 25;
         row += 1000;
     }
+    // What the evaluator does under the engine's lock.
+    g.bench_function("live_copy_5m_100_features", |b| {
+        b.iter(|| w.live_copy(now, row))
+    });
     g.bench_function("live_copy_and_snapshot_5m_100_features", |b| {
         b.iter_batched(
             || (),
