@@ -1,5 +1,6 @@
 //! Criterion benchmarks of driftd's pure core: every statistic at growing
-//! sample sizes, the window update path (`Window::apply` of one 1000-row,
+//! sample sizes (and KS, CvM and Wasserstein from one pass, as the detector
+//! computes them), the window update path (`Window::apply` of one 1000-row,
 //! 50-feature batch) and one full evaluation (100 features x 2 windows of
 //! 10,000-value samples against a 100,000-value reference).
 //!
@@ -109,6 +110,37 @@ fn statistics(c: &mut Criterion) {
     g.bench_function("window_10k_vs_ref_100k", |b| {
         b.iter(|| stats::wasserstein(black_box(&reference), black_box(&window)))
     });
+    g.finish();
+
+    // The three together from one pass (what the detector runs).
+    let mut g = c.benchmark_group("sample_stats");
+    for (n, name, r, w) in &samples {
+        g.throughput(Throughput::Elements(2 * *n as u64));
+        g.bench_function(BenchmarkId::from_parameter(name), |b| {
+            b.iter(|| stats::sample_stats(black_box(r), black_box(w)))
+        });
+    }
+    g.throughput(Throughput::Elements(110_000));
+    g.bench_function("window_10k_vs_ref_100k", |b| {
+        b.iter(|| stats::sample_stats(black_box(&reference), black_box(&window)))
+    });
+    // Without the shift, D is small enough for the cheap Pelz-Good
+    // p-value: what remains is the pass itself.
+    let unshifted = sorted_normal(&mut rng, 10_000, 0.0);
+    g.bench_function("window_10k_vs_ref_100k_unshifted", |b| {
+        b.iter(|| stats::sample_stats(black_box(&reference), black_box(&unshifted)))
+    });
+    g.finish();
+
+    // The KS p-value alone at the detector's effective size
+    // (round(10000 * 100000 / 110000) = 9091): D = 0.012 takes the
+    // Pelz-Good expansion, 0.02 and 0.04 (n D^2 >= 2.2) the Smirnov sum.
+    let mut g = c.benchmark_group("kstwo_sf");
+    for d in [0.012, 0.02, 0.04] {
+        g.bench_function(BenchmarkId::new("n9091", d), |b| {
+            b.iter(|| stats::kstwo_sf(black_box(d), 9091.0))
+        });
+    }
     g.finish();
 
     // PSI proper works on 10 bin counts; what grows with n is counting the

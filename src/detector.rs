@@ -146,11 +146,14 @@ fn compare(fr: &FeatureReference, data: &SampleData, cfg: &EngineConfig, rep: &m
             rep.js = finite(stats::js_distance(ref_bins, &cur));
             rep.hellinger = finite(stats::hellinger(ref_bins, &cur));
             if !c.is_empty() {
-                rep.ks = stats::ks_2samp(r, c);
-                rep.cvm = stats::cvm_2samp(r, c);
+                // One pass over both samples for the three statistics;
+                // the window's sample is already sorted by its snapshot.
+                let s = stats::sample_stats(r, c);
+                rep.ks = s.ks;
+                rep.cvm = s.cvm;
                 rep.wasserstein_norm = std
-                    .filter(|s| *s > 0.0)
-                    .map(|s| stats::wasserstein(r, c) / s)
+                    .filter(|sd| *sd > 0.0)
+                    .map(|sd| s.wasserstein / sd)
                     .and_then(finite);
             }
             rep.cur_bin_counts = cur;

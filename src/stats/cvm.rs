@@ -46,6 +46,13 @@ pub fn cvm_2samp(sorted_x: &[f64], sorted_y: &[f64]) -> Option<CvmResult> {
     debug_assert!(sorted_x.windows(2).all(|w| w[0] <= w[1]));
     debug_assert!(sorted_y.windows(2).all(|w| w[0] <= w[1]));
     let (sx4, sy4) = rank_sums(sorted_x, sorted_y);
+    Some(from_rank_sums(nx, ny, sx4, sy4))
+}
+
+/// The test result from the doubled-rank sums `sx4 = 4 sum (r_i - i)^2`
+/// and `sy4 = 4 sum (s_j - j)^2` (mid-ranks in the pooled sample) of
+/// samples of `nx >= 2` and `ny >= 2` values.
+pub(crate) fn from_rank_sums(nx: usize, ny: usize, sx4: u128, sy4: u128) -> CvmResult {
     // 4U is an exact integer; one rounding when converting.
     let u = (nx as u128 * sx4 + ny as u128 * sy4) as f64 / 4.0;
     let k = nx as u128 * ny as u128;
@@ -53,18 +60,18 @@ pub fn cvm_2samp(sorted_x: &[f64], sorted_y: &[f64]) -> Option<CvmResult> {
     let t = u / (k * big_n) as f64 - (4 * k - 1) as f64 / (6 * big_n) as f64;
     if nx.max(ny) <= 20 {
         let p = pval_exact(u, nx as u64, ny as u64);
-        Some(CvmResult {
+        CvmResult {
             statistic: t,
             pvalue: p,
             method: CvmMethod::Exact,
-        })
+        }
     } else {
         let p = pval_asymptotic(t, nx as u128, ny as u128);
-        Some(CvmResult {
+        CvmResult {
             statistic: t,
             pvalue: p,
             method: CvmMethod::Asymptotic,
-        })
+        }
     }
 }
 

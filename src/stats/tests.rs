@@ -219,6 +219,10 @@ fn check_numeric(c: &mut Checker<'_>, case: &Value, exp: &Value) {
             .push(format!("{}: ks: got {g:?}, want {w}", c.case)),
     }
 
+    if let Err(e) = fused_matches_separate(&r, &q) {
+        c.failures.push(format!("{}: {e}", c.case));
+    }
+
     if exp["edges"].is_null() {
         c.eq("edges", r.is_empty(), true);
         return;
@@ -262,6 +266,12 @@ fn check_numeric(c: &mut Checker<'_>, case: &Value, exp: &Value) {
     c.float(
         "wasserstein",
         wasserstein(&r, &q),
+        num(&exp["wasserstein"]),
+        REL,
+    );
+    c.float(
+        "fused.wasserstein",
+        sample_stats(&r, &q).wasserstein,
         num(&exp["wasserstein"]),
         REL,
     );
@@ -336,6 +346,50 @@ fn check_categorical(c: &mut Checker<'_>, case: &Value, exp: &Value) {
         num(&exp["hellinger"]),
         REL,
     );
+}
+
+/// `sample_stats` against the separate functions: KS and CvM bit for bit,
+/// Wasserstein within 1e-12 relative plus the rounding of SciPy's CDF
+/// differences (a few ulp of 1 times the range of the values).
+fn fused_matches_separate(r: &[f64], q: &[f64]) -> Result<(), String> {
+    let fused = sample_stats(r, q);
+    let ks_bits =
+        |k: Option<KsResult>| k.map(|k| (k.statistic.to_bits(), k.pvalue.to_bits(), k.method));
+    if ks_bits(fused.ks) != ks_bits(ks_2samp(r, q)) {
+        return Err(format!(
+            "fused ks {:?} != ks_2samp {:?}",
+            fused.ks,
+            ks_2samp(r, q)
+        ));
+    }
+    let cvm_bits =
+        |k: Option<CvmResult>| k.map(|k| (k.statistic.to_bits(), k.pvalue.to_bits(), k.method));
+    if cvm_bits(fused.cvm) != cvm_bits(cvm_2samp(r, q)) {
+        return Err(format!(
+            "fused cvm {:?} != cvm_2samp {:?}",
+            fused.cvm,
+            cvm_2samp(r, q)
+        ));
+    }
+    let want = wasserstein(r, q);
+    let got = fused.wasserstein;
+    if want.is_nan() || got.is_nan() {
+        return if want.is_nan() && got.is_nan() {
+            Ok(())
+        } else {
+            Err(format!("fused wasserstein {got:e} != {want:e}"))
+        };
+    }
+    let lo = r[0].min(q[0]);
+    let hi = r[r.len() - 1].max(q[q.len() - 1]);
+    let tol = 1e-12 * want.abs() + 4.0 * f64::EPSILON * (hi - lo);
+    if (got - want).abs() > tol {
+        return Err(format!(
+            "fused wasserstein {got:e} != {want:e} (diff {:e}, tol {tol:e})",
+            (got - want).abs()
+        ));
+    }
+    Ok(())
 }
 
 #[test]
@@ -534,4 +588,51 @@ proptest! {
             prop_assert_eq!(bin_index(&edges, x), edges.partition_point(|&e| e < x));
         }
     }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// The fused pass gives what the three separate merges give, with ties
+    /// inside and across the samples (small integers) and without them.
+    #[test]
+    fn fused_pass_equals_separate_functions(
+        r in prop::collection::vec(-20i32..20, 1..300),
+        q in prop::collection::vec(-20i32..20, 1..120),
+        scale in prop_oneof![Just(1.0f64), Just(0.37), Just(1e-3)],
+        jitter in prop::collection::vec(-0.5f64..0.5, 300),
+        continuous in any::<bool>(),
+    ) {
+        let to_f = |v: &[i32], off: usize| -> Vec<f64> {
+            sorted(v.iter().enumerate().map(|(k, &x)| {
+                let x = x as f64 * scale;
+                if continuous { x + jitter[(k + off) % jitter.len()] } else { x }
+            }).collect())
+        };
+        let (rf, qf) = (to_f(&r, 0), to_f(&q, 7));
+        prop_assert_eq!(fused_matches_separate(&rf, &qf), Ok(()));
+        prop_assert_eq!(fused_matches_separate(&qf, &rf), Ok(()));
+        prop_assert_eq!(fused_matches_separate(&rf, &rf), Ok(()));
+    }
+}
+
+#[test]
+fn fused_pass_equals_separate_functions_at_the_detectors_sizes() {
+    // 100,000 reference values against 10,000 current ones, shifted and
+    // with a block of ties on both sides.
+    let normalish = |k: usize, n: usize, shift: f64| {
+        let u = (k as f64 + 0.5) / n as f64;
+        (u / (1.0 - u)).ln() * 0.55 + shift
+    };
+    let mut r: Vec<f64> = (0..100_000).map(|k| normalish(k, 100_000, 0.0)).collect();
+    let mut q: Vec<f64> = (0..10_000).map(|k| normalish(k, 10_000, 0.05)).collect();
+    for (k, v) in r.iter_mut().enumerate().skip(40_000).take(300) {
+        *v = if k % 3 == 0 { 0.0 } else { 0.25 };
+    }
+    for v in q.iter_mut().skip(4_000).take(40) {
+        *v = 0.0;
+    }
+    let (r, q) = (sorted(r), sorted(q));
+    assert_eq!(fused_matches_separate(&r, &q), Ok(()));
+    assert_eq!(fused_matches_separate(&q, &r), Ok(()));
 }
