@@ -202,6 +202,8 @@ impl Kserve {
         let model = batch.key.model.clone();
         if let Err(error) = self.engine.ingest_waiting(batch, None).await {
             self.metrics.cloudevent(CloudEventOutcome::IngestFailed);
+            // Counted by reason too, as every refused batch is.
+            self.metrics.reject(error.reason());
             tracing::warn!(model = %model, error = %error, "CloudEvent batch refused");
         }
     }
