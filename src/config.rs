@@ -1277,6 +1277,9 @@ impl RawConfig {
         for (key, n) in at_least_one {
             non_zero(key, n)?;
         }
+        if l.max_connections > 1_000_000 {
+            return Err(invalid("limits.max_connections", "must be at most 1000000"));
+        }
         // Names are store keys and label values: the version "default" must
         // fit, and 1024 bytes is already far beyond any useful name.
         let default_len = crate::domain::DEFAULT_VERSION.len();

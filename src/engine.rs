@@ -618,6 +618,11 @@ fn check_features<'a>(
 }
 
 impl Reader {
+    /// What model, version and feature names may be.
+    pub fn names(&self) -> &crate::domain::NameRules {
+        &self.shared.cfg.limits.names
+    }
+
     /// Status of `model` (all versions, or only `version`); None when the
     /// model is unknown.
     pub fn status(&self, model: &str, version: Option<&str>) -> Option<Vec<VersionStatus>> {

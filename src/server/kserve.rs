@@ -361,7 +361,7 @@ async fn cloudevents(State(st): State<Kserve>, headers: HeaderMap, body: Body) -
         ("ce-inferenceservicename", &model),
         ("ce-endpoint", &version),
     ] {
-        if let Err(e) = domain::validate_name(v) {
+        if let Err(e) = st.engine.reader().names().check(v) {
             st.metrics.cloudevent(CloudEventOutcome::Malformed);
             return reply(
                 StatusCode::BAD_REQUEST,

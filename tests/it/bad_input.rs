@@ -703,6 +703,11 @@ async fn long_or_non_printable_names_are_invalid_argument() {
         .await
         .unwrap();
     assert_eq!(records(&mut client, "team/model", "v_1").await, 1);
+    // The HTTP API takes the same names.
+    let resp = reqwest::get(d.url("/api/v1/models/team%2Fmodel/status"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
     let status = client.ingest_batch(one("a.b", "v", 1)).await.unwrap_err();
     assert!(status.message().contains("\"_/\""), "{status:?}");
     let status = client
