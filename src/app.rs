@@ -152,6 +152,7 @@ pub async fn run(
         engine.clone(),
         metrics.clone(),
         config.max_reference_records,
+        config.engine.limits.names.clone(),
     ))
     .max_decoding_message_size(config.max_message_bytes)
     .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
@@ -159,7 +160,17 @@ pub async fn run(
         .set_serving::<proto::driftd_server::DriftdServer<grpc::Service>>()
         .await;
 
+    let limits = &config.connections;
+    // The edge layer runs outside the routes, so it sees the codec's
+    // refusals of every call; HTTP/2 tells clients how many streams one
+    // connection may carry, and they queue the rest.
     let grpc_server = tonic::transport::Server::builder()
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        .layer(grpc::EdgeLayer::new(
+            metrics.clone(),
+            limits.stream_idle_timeout,
+            config.max_message_bytes,
+        ))
         .add_service(InterceptedService::new(health_service, health_auth.clone()))
         .add_service(InterceptedService::new(reflection, health_auth))
         .add_service(InterceptedService::new(
@@ -167,16 +178,27 @@ pub async fn run(
             grpc::authenticate(guard.clone(), true),
         ));
     let grpc_stop = cancel.clone().cancelled_owned();
+    let (max_conns, idle) = (limits.max_connections, limits.stream_idle_timeout);
     let mut grpc_task = match &tls {
         Some(t) => tokio::spawn(
             grpc_server.serve_with_incoming_shutdown(
-                t.incoming(listeners.grpc, tls::Proto::Grpc, cancel.clone())
-                    .into_stream(),
+                grpc::limit_connections(
+                    t.incoming(listeners.grpc, tls::Proto::Grpc, cancel.clone())
+                        .into_stream(),
+                    max_conns,
+                    idle,
+                    metrics.clone(),
+                ),
                 grpc_stop,
             ),
         ),
         None => tokio::spawn(grpc_server.serve_with_incoming_shutdown(
-            no_delay(TcpListenerStream::new(listeners.grpc)),
+            grpc::limit_connections(
+                no_delay(TcpListenerStream::new(listeners.grpc)),
+                max_conns,
+                idle,
+                metrics.clone(),
+            ),
             grpc_stop,
         )),
     };
@@ -284,11 +306,13 @@ async fn load_file_references(
             version: s.version.clone(),
         };
         let (p, k, o) = (path.clone(), key.clone(), outputs.clone());
-        let batches =
-            tokio::task::spawn_blocking(move || crate::refcsv::read(&p, &k, &o, usize::MAX))
-                .await
-                .context("reading a reference file")?
-                .with_context(|| format!("reference file of {key}"))?;
+        let names = cfg.limits.names.clone();
+        let batches = tokio::task::spawn_blocking(move || {
+            crate::refcsv::read(&p, &k, &o, usize::MAX, &names)
+        })
+        .await
+        .context("reading a reference file")?
+        .with_context(|| format!("reference file of {key}"))?;
         let ack = engine
             .set_reference(key.clone(), batches, crate::reference::Source::File)
             .await

@@ -42,6 +42,7 @@ const SECTIONS: &[&str] = &[
     "metrics",
     "auth",
     "tls",
+    "limits",
 ];
 const TOP_LEVEL_KEYS: &[&str] = &["log", "log_format"];
 
@@ -105,6 +106,67 @@ pub struct RawConfig {
     pub auth: RawAuth,
     /// TLS and mutual TLS.
     pub tls: RawTls,
+    /// What clients may send: batch shape, names, models, connections.
+    pub limits: RawLimits,
+}
+
+/// `[limits]`. Other limits keep their historic sections:
+/// `server.max_message_bytes`, `ingest.queue_capacity`,
+/// `ingest.max_reference_records`, `window.max_categories`,
+/// `metrics.max_features_per_model` and `inference.max_body_bytes`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawLimits {
+    /// Most rows in one batch.
+    pub max_rows_per_batch: usize,
+    /// Most columns in one batch.
+    pub max_columns_per_batch: usize,
+    /// Most distinct models.
+    pub max_models: usize,
+    /// Most versions of one model.
+    pub max_versions_per_model: usize,
+    /// Most distinct features of one model version.
+    pub max_features_per_model: usize,
+    /// Longest model, version or feature name, in bytes.
+    pub max_name_bytes: usize,
+    /// ASCII punctuation allowed in names besides letters and digits.
+    pub name_punctuation: String,
+    /// Longest categorical value, in bytes.
+    pub max_category_bytes: usize,
+    /// A batch for an unknown model registers it; false: only models
+    /// matching `models` are accepted.
+    pub auto_register: bool,
+    /// Model name globs accepted when `auto_register` is false.
+    pub models: Vec<String>,
+    /// Most open gRPC connections; further ones are closed at once.
+    pub max_connections: usize,
+    /// Most concurrent gRPC streams (calls) on one connection
+    /// (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub max_streams_per_connection: u32,
+    /// A call that sends nothing for this long, or a connection that sends
+    /// nothing as long after it was accepted, is ended.
+    pub stream_idle_timeout: String,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        let d = crate::domain::Limits::default();
+        Self {
+            max_rows_per_batch: d.max_rows_per_batch,
+            max_columns_per_batch: d.max_columns_per_batch,
+            max_models: d.max_models,
+            max_versions_per_model: d.max_versions_per_model,
+            max_features_per_model: d.max_features_per_model,
+            max_name_bytes: d.names.max_bytes,
+            name_punctuation: d.names.punctuation,
+            max_category_bytes: d.max_category_bytes,
+            auto_register: d.auto_register,
+            models: d.models,
+            max_connections: 1_000,
+            max_streams_per_connection: 100,
+            stream_idle_timeout: "60s".into(),
+        }
+    }
 }
 
 /// `[auth]`.
@@ -516,6 +578,7 @@ impl Default for RawConfig {
             metrics: RawMetrics::default(),
             auth: RawAuth::default(),
             tls: RawTls::default(),
+            limits: RawLimits::default(),
         }
     }
 }
@@ -642,6 +705,20 @@ pub struct Config {
     pub auth: AuthConfig,
     /// TLS; None serves plain text.
     pub tls: Option<TlsConfig>,
+    /// Connection and stream limits of the gRPC listener.
+    pub connections: ConnectionLimits,
+}
+
+/// Validated connection and stream limits of `[limits]` (the ingest limits
+/// are in [`EngineConfig::limits`]).
+#[derive(Debug, Clone)]
+pub struct ConnectionLimits {
+    /// Most open gRPC connections.
+    pub max_connections: usize,
+    /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS of gRPC connections.
+    pub max_streams_per_connection: u32,
+    /// Longest silence of a call's request stream, or of a new connection.
+    pub stream_idle_timeout: Duration,
 }
 
 /// Validated `[auth]`.
@@ -749,6 +826,8 @@ pub struct EngineConfig {
     pub rules: Vec<Rule>,
     /// Per-feature series budget per model version, in features.
     pub max_features_per_model: usize,
+    /// What batches, names and models are accepted.
+    pub limits: crate::domain::Limits,
     /// Where time comes from (the system clock; tests and simulations pass
     /// their own).
     pub clock: Clock,
@@ -946,6 +1025,7 @@ fn load_raw(
             .with_list_parse_key("webhook.urls")
             .with_list_parse_key("webhook.secrets")
             .with_list_parse_key("window.windows")
+            .with_list_parse_key("limits.models")
             .try_parsing(true)
             .source(Some(vars)),
     );
@@ -1107,9 +1187,29 @@ impl RawConfig {
         }
         let auth = self.validate_auth()?;
         let tls = self.validate_tls()?;
+        let (limits, connections) = self.validate_limits()?;
+        for s in &reference_sources {
+            if let SourceKind::File { .. } = s.kind {
+                if !limits.auto_register
+                    && !limits
+                        .models
+                        .iter()
+                        .any(|g| crate::rules::glob_match(g, &s.model))
+                {
+                    return Err(invalid(
+                        "limits.models",
+                        format!(
+                            "model {:?} has a reference file but is not registered (limits.auto_register = false)",
+                            s.model
+                        ),
+                    ));
+                }
+            }
+        }
         Ok(Config {
             auth,
             tls,
+            connections,
             inference: InferenceConfig {
                 join_ttl,
                 join_capacity: inf.join_capacity,
@@ -1152,10 +1252,97 @@ impl RawConfig {
                 psi_epsilon: eps,
                 rules,
                 max_features_per_model: self.metrics.max_features_per_model,
+                limits,
                 clock: Clock::system(),
             },
             webhook,
         })
+    }
+
+    fn validate_limits(&self) -> Result<(crate::domain::Limits, ConnectionLimits), Error> {
+        let l = &self.limits;
+        let at_least_one = [
+            ("limits.max_rows_per_batch", l.max_rows_per_batch),
+            ("limits.max_columns_per_batch", l.max_columns_per_batch),
+            ("limits.max_models", l.max_models),
+            ("limits.max_versions_per_model", l.max_versions_per_model),
+            ("limits.max_features_per_model", l.max_features_per_model),
+            ("limits.max_category_bytes", l.max_category_bytes),
+            ("limits.max_connections", l.max_connections),
+            (
+                "limits.max_streams_per_connection",
+                l.max_streams_per_connection as usize,
+            ),
+        ];
+        for (key, n) in at_least_one {
+            non_zero(key, n)?;
+        }
+        if l.max_connections > 1_000_000 {
+            return Err(invalid("limits.max_connections", "must be at most 1000000"));
+        }
+        // Names are store keys and label values: the version "default" must
+        // fit, and 1024 bytes is already far beyond any useful name.
+        let default_len = crate::domain::DEFAULT_VERSION.len();
+        if !(default_len..=1024).contains(&l.max_name_bytes) {
+            return Err(invalid(
+                "limits.max_name_bytes",
+                format!("must be between {default_len} and 1024"),
+            ));
+        }
+        if let Some(c) = l
+            .name_punctuation
+            .chars()
+            .find(|c| !c.is_ascii_punctuation())
+        {
+            return Err(invalid(
+                "limits.name_punctuation",
+                format!("{c:?} is not ASCII punctuation"),
+            ));
+        }
+        if l.max_columns_per_batch > l.max_features_per_model {
+            return Err(invalid(
+                "limits.max_columns_per_batch",
+                "must not exceed limits.max_features_per_model",
+            ));
+        }
+        if !l.auto_register && l.models.is_empty() {
+            return Err(invalid(
+                "limits.models",
+                "must name at least one model glob when limits.auto_register is false",
+            ));
+        }
+        if l.models.iter().any(String::is_empty) {
+            return Err(invalid("limits.models", "a glob must not be empty"));
+        }
+        let stream_idle_timeout =
+            parse_duration("limits.stream_idle_timeout", &l.stream_idle_timeout)?;
+        if stream_idle_timeout < Duration::from_millis(100) {
+            return Err(invalid(
+                "limits.stream_idle_timeout",
+                "must be at least 100ms",
+            ));
+        }
+        Ok((
+            crate::domain::Limits {
+                max_rows_per_batch: l.max_rows_per_batch,
+                max_columns_per_batch: l.max_columns_per_batch,
+                max_models: l.max_models,
+                max_versions_per_model: l.max_versions_per_model,
+                max_features_per_model: l.max_features_per_model,
+                max_category_bytes: l.max_category_bytes,
+                names: crate::domain::NameRules {
+                    max_bytes: l.max_name_bytes,
+                    punctuation: l.name_punctuation.clone(),
+                },
+                auto_register: l.auto_register,
+                models: l.models.clone(),
+            },
+            ConnectionLimits {
+                max_connections: l.max_connections,
+                max_streams_per_connection: l.max_streams_per_connection,
+                stream_idle_timeout,
+            },
+        ))
     }
 
     fn validate_sources(&self) -> Result<Vec<ReferenceSource>, Error> {
@@ -1669,6 +1856,57 @@ mod tests {
         let (_, c) = load(None, env(&[])).unwrap();
         assert!(!c.auth.enabled());
         assert!(c.tls.is_none());
+    }
+
+    #[test]
+    fn limits_are_loaded_and_validated() {
+        let (_, c) = load(None, env(&[])).unwrap();
+        assert_eq!(c.engine.limits, crate::domain::Limits::default());
+        assert_eq!(c.connections.max_connections, 1000);
+        assert_eq!(c.connections.max_streams_per_connection, 100);
+        assert_eq!(c.connections.stream_idle_timeout, Duration::from_secs(60));
+        let (_, c) = load(
+            None,
+            env(&[
+                ("DRIFTD_LIMITS__AUTO_REGISTER", "false"),
+                ("DRIFTD_LIMITS__MODELS", "fraud-*,churn"),
+                ("DRIFTD_LIMITS__NAME_PUNCTUATION", "_/"),
+                ("DRIFTD_LIMITS__MAX_ROWS_PER_BATCH", "10"),
+            ]),
+        )
+        .unwrap();
+        let l = &c.engine.limits;
+        assert!(!l.auto_register);
+        assert_eq!(l.models, ["fraud-*", "churn"]);
+        assert_eq!(l.names.punctuation, "_/");
+        assert_eq!(l.max_rows_per_batch, 10);
+        for (text, key) in [
+            ("[limits]\nmax_models = 0\n", "limits.max_models"),
+            ("[limits]\nmax_name_bytes = 2000\n", "limits.max_name_bytes"),
+            ("[limits]\nname_punctuation = \"a\"\n", "limits.name_punctuation"),
+            ("[limits]\nauto_register = false\n", "limits.models"),
+            (
+                "[limits]\nmax_columns_per_batch = 10\nmax_features_per_model = 5\n",
+                "limits.max_columns_per_batch",
+            ),
+            (
+                "[limits]\nstream_idle_timeout = \"1ms\"\n",
+                "limits.stream_idle_timeout",
+            ),
+            (
+                "[limits]\nmax_streams_per_connection = -1\n",
+                "max_streams_per_connection",
+            ),
+            (
+                "[limits]\nauto_register = false\nmodels = [\"a\"]\n\
+                 [[reference.sources]]\nmodel = \"b\"\nversion = \"v\"\nreference = \"file:/x.csv\"\n",
+                "limits.models",
+            ),
+        ] {
+            let f = file(text);
+            let err = load(Some(f.path()), env(&[])).unwrap_err().to_string();
+            assert!(err.contains(key), "{text:?}: {err:?} does not name {key}");
+        }
     }
 
     #[test]

@@ -165,33 +165,121 @@ pub enum NameError {
     /// The name is empty.
     #[error("must not be empty")]
     Empty,
-    /// The name is longer than [`MAX_NAME_LEN`] bytes.
-    #[error("longer than {MAX_NAME_LEN} bytes")]
-    TooLong,
-    /// The name holds a character outside `[A-Za-z0-9_.:-]`.
-    #[error("character {0:?} is not allowed (use A-Z, a-z, 0-9, '_', '.', ':', '-')")]
-    BadChar(char),
+    /// The name is longer than the limit.
+    #[error("is {len} bytes, longer than the limit of {max} (limits.max_name_bytes)")]
+    TooLong {
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The name holds a character outside the allowed alphabet.
+    #[error("character {char:?} is not allowed (use A-Z, a-z, 0-9 and {allowed:?}, limits.name_punctuation)")]
+    BadChar {
+        /// The first character refused.
+        char: char,
+        /// The punctuation allowed besides letters and digits.
+        allowed: String,
+    },
 }
 
-/// Checks a model, version or feature name. Names become metric label values
-/// and store keys, so they are restricted to a small printable alphabet.
+/// What model, version and feature names may be: ASCII letters, digits and
+/// a configured set of ASCII punctuation, up to a length. Names become
+/// metric label values and store keys, so the alphabet stays printable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameRules {
+    /// Longest name, in bytes.
+    pub max_bytes: usize,
+    /// ASCII punctuation allowed besides letters and digits.
+    pub punctuation: String,
+}
+
+impl Default for NameRules {
+    fn default() -> Self {
+        Self {
+            max_bytes: MAX_NAME_LEN,
+            punctuation: "_.:-".into(),
+        }
+    }
+}
+
+impl NameRules {
+    /// Checks a model, version or feature name.
+    ///
+    /// # Errors
+    /// Returns the first reason the name is unacceptable.
+    pub fn check(&self, name: &str) -> Result<(), NameError> {
+        if name.is_empty() {
+            return Err(NameError::Empty);
+        }
+        if name.len() > self.max_bytes {
+            return Err(NameError::TooLong {
+                len: name.len(),
+                max: self.max_bytes,
+            });
+        }
+        if let Some(c) = name
+            .chars()
+            .find(|&c| !(c.is_ascii_alphanumeric() || self.punctuation.contains(c)))
+        {
+            return Err(NameError::BadChar {
+                char: c,
+                allowed: self.punctuation.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Checks a name against the default [`NameRules`]: 1-128 bytes of
+/// `[A-Za-z0-9_.:-]`. Used for names the configuration gives (rules,
+/// webhook targets), which no limit changes.
 ///
 /// # Errors
 /// Returns the first reason the name is unacceptable.
 pub fn validate_name(name: &str) -> Result<(), NameError> {
-    if name.is_empty() {
-        return Err(NameError::Empty);
+    NameRules::default().check(name)
+}
+
+/// What one daemon accepts, so that memory, disk and series stay bounded
+/// whatever clients send (`[limits]` in the configuration).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Most rows in one batch.
+    pub max_rows_per_batch: usize,
+    /// Most columns in one batch.
+    pub max_columns_per_batch: usize,
+    /// Most distinct models.
+    pub max_models: usize,
+    /// Most versions of one model.
+    pub max_versions_per_model: usize,
+    /// Most distinct features (columns) of one model version.
+    pub max_features_per_model: usize,
+    /// Longest categorical value, in bytes.
+    pub max_category_bytes: usize,
+    /// Model, version and feature names.
+    pub names: NameRules,
+    /// A batch for a model not seen before registers it; when false only
+    /// models matching `models` are accepted.
+    pub auto_register: bool,
+    /// Model name globs accepted when `auto_register` is false.
+    pub models: Vec<String>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_rows_per_batch: 100_000,
+            max_columns_per_batch: 1_000,
+            max_models: 1_000,
+            max_versions_per_model: 100,
+            max_features_per_model: 1_000,
+            max_category_bytes: 1_024,
+            names: NameRules::default(),
+            auto_register: true,
+            models: Vec::new(),
+        }
     }
-    if name.len() > MAX_NAME_LEN {
-        return Err(NameError::TooLong);
-    }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-')))
-    {
-        return Err(NameError::BadChar(c));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -201,13 +289,30 @@ mod tests {
     #[test]
     fn names_are_validated() {
         assert_eq!(validate_name(""), Err(NameError::Empty));
-        assert_eq!(validate_name(&"a".repeat(129)), Err(NameError::TooLong));
-        assert_eq!(validate_name("a b"), Err(NameError::BadChar(' ')));
         assert_eq!(
-            validate_name("fraud\u{0}"),
-            Err(NameError::BadChar('\u{0}'))
+            validate_name(&"a".repeat(129)),
+            Err(NameError::TooLong { len: 129, max: 128 })
         );
+        let bad = |c| NameError::BadChar {
+            char: c,
+            allowed: "_.:-".into(),
+        };
+        assert_eq!(validate_name("a b"), Err(bad(' ')));
+        assert_eq!(validate_name("fraud\u{0}"), Err(bad('\u{0}')));
         assert_eq!(validate_name("fraud-model_v1.2:x"), Ok(()));
+        let wide = NameRules {
+            max_bytes: 4,
+            punctuation: "/".into(),
+        };
+        assert_eq!(wide.check("a/b"), Ok(()));
+        assert!(matches!(
+            wide.check("a.b"),
+            Err(NameError::BadChar { char: '.', .. })
+        ));
+        assert!(matches!(
+            wide.check("abcde"),
+            Err(NameError::TooLong { len: 5, max: 4 })
+        ));
     }
 
     #[test]

@@ -24,8 +24,8 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     config::{EngineConfig, SourceKind},
     detector::{self, Report},
-    domain::{Batch, Kind, ModelKey, Role, Verdict},
-    metrics::Metrics,
+    domain::{Batch, Kind, Limits, ModelKey, Role, Values, Verdict},
+    metrics::{Metrics, RejectReason},
     reference::{self, FeatureReference, RefData, Reference},
     rules::{self, Outcome, Tracker, Transition},
     store::{self, Commit, Store, VersionMeta},
@@ -68,6 +68,39 @@ pub enum Error {
     /// The group commit's flush failed; the command is not durable.
     #[error("store flush failed")]
     Flush,
+    /// A batch over a limit of `[limits]`, or for a model that may not be
+    /// registered; nothing of it was applied.
+    #[error("{field}: {message}")]
+    Limit {
+        /// The reason it is counted under.
+        reason: RejectReason,
+        /// The field at fault, e.g. `batch.columns[3].name`.
+        field: String,
+        /// What is wrong, naming the limit's key and value.
+        message: String,
+    },
+}
+
+impl Error {
+    /// The reason a refusal is counted under in
+    /// `driftd_ingest_rejected_total`.
+    pub fn reason(&self) -> RejectReason {
+        match self {
+            Error::QueueFull => RejectReason::QueueFull,
+            Error::Draining => RejectReason::Draining,
+            Error::KindMismatch { .. } => RejectReason::KindMismatch,
+            Error::Store(_) | Error::Flush => RejectReason::StoreError,
+            Error::Limit { reason, .. } => *reason,
+        }
+    }
+
+    fn limit(reason: RejectReason, field: impl Into<String>, message: String) -> Self {
+        Error::Limit {
+            reason,
+            field: field.into(),
+            message,
+        }
+    }
 }
 
 /// What an acknowledged batch contained.
@@ -364,6 +397,7 @@ impl Handle {
         batch: Batch,
         producer: Option<Producer>,
     ) -> Result<IngestAck, Error> {
+        admit(&self.reader.shared.cfg.limits, &batch, true)?;
         let (ack, rx) = oneshot::channel();
         self.tx
             .try_send(Command::Ingest {
@@ -390,6 +424,7 @@ impl Handle {
         batch: Batch,
         producer: Option<Producer>,
     ) -> Result<IngestAck, Error> {
+        admit(&self.reader.shared.cfg.limits, &batch, true)?;
         let (ack, rx) = oneshot::channel();
         self.tx
             .send(Command::Ingest {
@@ -416,6 +451,11 @@ impl Handle {
         batches: Vec<Batch>,
         source: reference::Source,
     ) -> Result<ReferenceAck, Error> {
+        for b in &batches {
+            // Reference files are read in batches of their own size; the
+            // reference's total is bounded by ingest.max_reference_records.
+            admit(&self.reader.shared.cfg.limits, b, false)?;
+        }
         let (ack, rx) = oneshot::channel();
         self.tx
             .send(Command::SetReference {
@@ -435,7 +475,154 @@ impl Handle {
     }
 }
 
+/// Checks what a batch alone may break, before it takes a place in the
+/// queue: its shape, names and values against `limits`, and whether its
+/// model may be registered.
+fn admit(limits: &Limits, batch: &Batch, check_rows: bool) -> Result<(), Error> {
+    let name = |field: String, n: &str| {
+        limits
+            .names
+            .check(n)
+            .map_err(|e| Error::limit(RejectReason::of_name(&e), field, e.to_string()))
+    };
+    name("batch.model".into(), &batch.key.model)?;
+    name("batch.version".into(), &batch.key.version)?;
+    if !limits.auto_register
+        && !limits
+            .models
+            .iter()
+            .any(|g| crate::rules::glob_match(g, &batch.key.model))
+    {
+        return Err(Error::limit(
+            RejectReason::UnknownModel,
+            "batch.model",
+            format!(
+                "model {:?} is not registered (limits.auto_register = false and it matches no glob of limits.models)",
+                batch.key.model
+            ),
+        ));
+    }
+    if check_rows && batch.n_rows > limits.max_rows_per_batch {
+        return Err(Error::limit(
+            RejectReason::TooManyRows,
+            "batch.columns",
+            format!(
+                "{} rows, more than limits.max_rows_per_batch = {}",
+                batch.n_rows, limits.max_rows_per_batch
+            ),
+        ));
+    }
+    if batch.columns.len() > limits.max_columns_per_batch {
+        return Err(Error::limit(
+            RejectReason::TooManyColumns,
+            "batch.columns",
+            format!(
+                "{} columns, more than limits.max_columns_per_batch = {}",
+                batch.columns.len(),
+                limits.max_columns_per_batch
+            ),
+        ));
+    }
+    for (i, col) in batch.columns.iter().enumerate() {
+        name(format!("batch.columns[{i}].name"), &col.name)?;
+        if let Values::Categorical(values) = &col.values {
+            if let Some((row, v)) = values
+                .iter()
+                .enumerate()
+                .find(|(_, v)| v.len() > limits.max_category_bytes)
+            {
+                return Err(Error::limit(
+                    RejectReason::ValueTooLong,
+                    format!("batch.columns[{i}].values[{row}]"),
+                    format!(
+                        "a categorical value of {} bytes, longer than limits.max_category_bytes = {}",
+                        v.len(),
+                        limits.max_category_bytes
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks that `key` may hold state: a new model within
+/// `limits.max_models`, a new version within
+/// `limits.max_versions_per_model`. Versions already known always pass,
+/// even after a limit was lowered.
+fn check_room(
+    state: &BTreeMap<ModelKey, VersionState>,
+    limits: &Limits,
+    key: &ModelKey,
+) -> Result<(), Error> {
+    if state.contains_key(key) {
+        return Ok(());
+    }
+    let versions = state.keys().filter(|k| k.model == key.model).count();
+    if versions == 0 {
+        let mut models: Vec<&str> = state.keys().map(|k| k.model.as_str()).collect();
+        models.dedup();
+        if models.len() >= limits.max_models {
+            return Err(Error::limit(
+                RejectReason::TooManyModels,
+                "batch.model",
+                format!(
+                    "model {:?} would be model {}, more than limits.max_models = {}",
+                    key.model,
+                    models.len() + 1,
+                    limits.max_models
+                ),
+            ));
+        }
+    } else if versions >= limits.max_versions_per_model {
+        return Err(Error::limit(
+            RejectReason::TooManyVersions,
+            "batch.version",
+            format!(
+                "version {:?} would be version {} of model {:?}, more than limits.max_versions_per_model = {}",
+                key.version,
+                versions + 1,
+                key.model,
+                limits.max_versions_per_model
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that a version holding the features `known` may take the
+/// columns `names` within `limits.max_features_per_model`.
+fn check_features<'a>(
+    known: &BTreeMap<String, Kind>,
+    names: impl Iterator<Item = (usize, &'a str)>,
+    limits: &Limits,
+    key: &ModelKey,
+) -> Result<(), Error> {
+    let mut n = known.len();
+    for (i, name) in names {
+        if !known.contains_key(name) {
+            n += 1;
+            if n > limits.max_features_per_model {
+                return Err(Error::limit(
+                    RejectReason::TooManyFeatures,
+                    format!("batch.columns[{i}]"),
+                    format!(
+                        "feature {name:?} would be feature {n} of {key}, more than limits.max_features_per_model = {}",
+                        limits.max_features_per_model
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Reader {
+    /// What model, version and feature names may be.
+    pub fn names(&self) -> &crate::domain::NameRules {
+        &self.shared.cfg.limits.names
+    }
+
     /// Status of `model` (all versions, or only `version`); None when the
     /// model is unknown.
     pub fn status(&self, model: &str, version: Option<&str>) -> Option<Vec<VersionStatus>> {
@@ -893,6 +1080,20 @@ fn write_batch(
     batch: &Batch,
     producer: Option<&Producer>,
 ) -> Result<IngestAck, Error> {
+    check_room(state, &cfg.limits, &batch.key)?;
+    // Checked before the version is created, so a refused batch registers
+    // nothing.
+    let no_features = BTreeMap::new();
+    check_features(
+        state.get(&batch.key).map_or(&no_features, |v| &v.schema),
+        batch
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (i, c.name.as_str())),
+        &cfg.limits,
+        &batch.key,
+    )?;
     let v = state
         .entry(batch.key.clone())
         .or_insert_with(|| VersionState::new(&batch.key, cfg));
@@ -1007,9 +1208,7 @@ fn write_reference(
     batches: &[Batch],
     source: reference::Source,
 ) -> Result<ReferenceAck, Error> {
-    let v = state
-        .entry(key.clone())
-        .or_insert_with(|| VersionState::new(&key, cfg));
+    check_room(state, &cfg.limits, &key)?;
     // The reference must agree with itself; against the live schema it may
     // differ, because a new reference can legitimately change a feature.
     let mut kinds: BTreeMap<&str, Kind> = BTreeMap::new();
@@ -1026,6 +1225,21 @@ fn write_reference(
             }
         }
     }
+    // A reference replaces the version's features.
+    let mut seen = BTreeSet::new();
+    check_features(
+        &BTreeMap::new(),
+        batches
+            .iter()
+            .flat_map(|b| b.columns.iter().enumerate())
+            .filter(|(_, c)| seen.insert(c.name.as_str()))
+            .map(|(i, c)| (i, c.name.as_str())),
+        &cfg.limits,
+        &key,
+    )?;
+    let v = state
+        .entry(key.clone())
+        .or_insert_with(|| VersionState::new(&key, cfg));
     let mut builder = reference::Builder::default();
     for b in batches {
         builder.push(b, b.n_rows);

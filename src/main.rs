@@ -174,7 +174,13 @@ fn run_import(args: ImportArgs) -> ExitCode {
             return ExitCode::from(EX_USAGE);
         }
     }
-    let batches = match driftd::refcsv::read(&args.file, &key, &args.output, args.max_rows) {
+    let batches = match driftd::refcsv::read(
+        &args.file,
+        &key,
+        &args.output,
+        args.max_rows,
+        &Default::default(),
+    ) {
         Ok(b) => b,
         Err(e) => {
             eprintln!("driftd reference import: {e}");

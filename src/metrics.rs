@@ -21,8 +21,11 @@ use crate::domain::ModelKey;
 /// `driftd_ingest_rejected_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RejectReason {
-    /// Model, version or feature name missing or invalid.
+    /// Model, version or feature name missing or with a character outside
+    /// the allowed alphabet.
     InvalidName,
+    /// A name longer than `limits.max_name_bytes`.
+    NameTooLong,
     /// A batch without columns or rows, or a column without values.
     EmptyBatch,
     /// Columns of different lengths, or timestamps/request ids that do not
@@ -32,6 +35,31 @@ pub enum RejectReason {
     KindMismatch,
     /// Two columns with the same name.
     DuplicateColumn,
+    /// A categorical value longer than `limits.max_category_bytes`.
+    ValueTooLong,
+    /// A batch with more rows than `limits.max_rows_per_batch`.
+    TooManyRows,
+    /// A batch with more columns than `limits.max_columns_per_batch`.
+    TooManyColumns,
+    /// A new model beyond `limits.max_models`.
+    TooManyModels,
+    /// A new version beyond `limits.max_versions_per_model`.
+    TooManyVersions,
+    /// New features beyond `limits.max_features_per_model`.
+    TooManyFeatures,
+    /// A model not registered while `limits.auto_register` is false.
+    UnknownModel,
+    /// A gRPC message larger than `server.max_message_bytes`, compressed or
+    /// once decompressed.
+    MessageTooLarge,
+    /// A gRPC message that is not valid protobuf (including strings that
+    /// are not UTF-8).
+    Malformed,
+    /// A stream that sent nothing for `limits.stream_idle_timeout`, or a
+    /// connection that sent nothing as long after it was accepted.
+    IdleTimeout,
+    /// A connection beyond `limits.max_connections`, closed at once.
+    TooManyConnections,
     /// The ingest queue is full.
     QueueFull,
     /// The daemon is shutting down.
@@ -46,12 +74,24 @@ pub enum RejectReason {
 
 impl RejectReason {
     /// Every reason, for pre-initialising the series.
-    pub const ALL: [RejectReason; 10] = [
+    pub const ALL: [RejectReason; 22] = [
         RejectReason::InvalidName,
+        RejectReason::NameTooLong,
         RejectReason::EmptyBatch,
         RejectReason::UnequalLengths,
         RejectReason::KindMismatch,
         RejectReason::DuplicateColumn,
+        RejectReason::ValueTooLong,
+        RejectReason::TooManyRows,
+        RejectReason::TooManyColumns,
+        RejectReason::TooManyModels,
+        RejectReason::TooManyVersions,
+        RejectReason::TooManyFeatures,
+        RejectReason::UnknownModel,
+        RejectReason::MessageTooLarge,
+        RejectReason::Malformed,
+        RejectReason::IdleTimeout,
+        RejectReason::TooManyConnections,
         RejectReason::QueueFull,
         RejectReason::Draining,
         RejectReason::StoreError,
@@ -63,15 +103,35 @@ impl RejectReason {
     pub fn as_str(self) -> &'static str {
         match self {
             RejectReason::InvalidName => "invalid_name",
+            RejectReason::NameTooLong => "name_too_long",
             RejectReason::EmptyBatch => "empty_batch",
             RejectReason::UnequalLengths => "unequal_lengths",
             RejectReason::KindMismatch => "kind_mismatch",
             RejectReason::DuplicateColumn => "duplicate_column",
+            RejectReason::ValueTooLong => "value_too_long",
+            RejectReason::TooManyRows => "too_many_rows",
+            RejectReason::TooManyColumns => "too_many_columns",
+            RejectReason::TooManyModels => "too_many_models",
+            RejectReason::TooManyVersions => "too_many_versions",
+            RejectReason::TooManyFeatures => "too_many_features",
+            RejectReason::UnknownModel => "unknown_model",
+            RejectReason::MessageTooLarge => "message_too_large",
+            RejectReason::Malformed => "malformed",
+            RejectReason::IdleTimeout => "idle_timeout",
+            RejectReason::TooManyConnections => "too_many_connections",
             RejectReason::QueueFull => "queue_full",
             RejectReason::Draining => "draining",
             RejectReason::StoreError => "store_error",
             RejectReason::TooLarge => "too_large",
             RejectReason::Unauthenticated => "unauthenticated",
+        }
+    }
+
+    /// The reason a refused name counts as.
+    pub fn of_name(e: &crate::domain::NameError) -> Self {
+        match e {
+            crate::domain::NameError::TooLong { .. } => RejectReason::NameTooLong,
+            _ => RejectReason::InvalidName,
         }
     }
 }

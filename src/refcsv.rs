@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::domain::{self, Batch, Column, ModelKey, Role, Values};
+use crate::domain::{self, Batch, Column, ModelKey, NameRules, Role, Values};
 
 /// Rows per batch handed to the engine or sent over gRPC.
 pub const ROWS_PER_BATCH: usize = 10_000;
@@ -91,12 +91,13 @@ pub fn read(
     key: &ModelKey,
     outputs: &[String],
     max_rows: usize,
+    names: &NameRules,
 ) -> Result<Vec<Batch>, Error> {
     let bytes = std::fs::read(path).map_err(|source| Error::Read {
         path: path.to_owned(),
         source,
     })?;
-    parse(&bytes, path, key, outputs, max_rows)
+    parse(&bytes, path, key, outputs, max_rows, names)
 }
 
 /// [`read`] on bytes already in memory; `path` only names them in errors.
@@ -109,6 +110,7 @@ pub fn parse(
     key: &ModelKey,
     outputs: &[String],
     max_rows: usize,
+    rules: &NameRules,
 ) -> Result<Vec<Batch>, Error> {
     let p = || path.to_owned();
     let mut rdr = csv::ReaderBuilder::new()
@@ -148,7 +150,7 @@ pub fn parse(
         });
     }
     for (i, n) in names.iter().enumerate() {
-        domain::validate_name(n).map_err(|reason| Error::Name {
+        rules.check(n).map_err(|reason| Error::Name {
             path: p(),
             column: i,
             name: n.clone(),
@@ -246,7 +248,14 @@ mod tests {
 
     fn parse_str(s: &[u8], outputs: &[&str]) -> Result<Vec<Batch>, Error> {
         let outputs: Vec<String> = outputs.iter().map(|s| s.to_string()).collect();
-        parse(s, Path::new("ref.csv"), &key(), &outputs, 100)
+        parse(
+            s,
+            Path::new("ref.csv"),
+            &key(),
+            &outputs,
+            100,
+            &NameRules::default(),
+        )
     }
 
     #[test]

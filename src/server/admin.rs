@@ -151,7 +151,7 @@ async fn status(
     Path(model): Path<String>,
     Query(q): Query<StatusQuery>,
 ) -> Response {
-    if let Err(e) = domain::validate_name(&model) {
+    if let Err(e) = s.reader.names().check(&model) {
         return error(StatusCode::BAD_REQUEST, format!("model: {e}"));
     }
     match s.reader.status(&model, q.version.as_deref()) {
@@ -211,7 +211,7 @@ async fn verdict(
     Path(model): Path<String>,
     Query(q): Query<VerdictQuery>,
 ) -> Response {
-    if let Err(e) = domain::validate_name(&model) {
+    if let Err(e) = s.reader.names().check(&model) {
         return error(StatusCode::BAD_REQUEST, format!("model: {e}"));
     }
     let versions = s.reader.status(&model, None).unwrap_or_default();
@@ -266,7 +266,7 @@ fn flagger_target(
         .get("version")
         .cloned()
         .unwrap_or_else(|| "canary".into());
-    if let Err(e) = domain::validate_name(&model) {
+    if let Err(e) = s.reader.names().check(&model) {
         return Err(error(
             StatusCode::BAD_REQUEST,
             format!("metadata.model (or name): {e}"),

@@ -3,13 +3,20 @@
 //! to a status whose message names the offending field. Protobuf types and
 //! `tonic::Status` never leave this module.
 
-use std::collections::{HashSet, VecDeque};
+use std::{
+    collections::{HashSet, VecDeque},
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{codegen::http, Code, Request, Response, Status, Streaming};
 
 use crate::{
     auth,
-    domain::{self, Batch, Column, ModelKey, Role, Values, Verdict},
+    domain::{self, Batch, Column, ModelKey, NameRules, Role, Values, Verdict},
     engine::{self, Handle, IngestAck},
     inference,
     metrics::{Metrics, RejectReason},
@@ -25,15 +32,22 @@ pub struct Service {
     engine: Handle,
     metrics: Metrics,
     max_reference_records: usize,
+    names: NameRules,
 }
 
 impl Service {
-    /// A service feeding `engine`.
-    pub fn new(engine: Handle, metrics: Metrics, max_reference_records: usize) -> Self {
+    /// A service feeding `engine`, accepting names by `names`.
+    pub fn new(
+        engine: Handle,
+        metrics: Metrics,
+        max_reference_records: usize,
+        names: NameRules,
+    ) -> Self {
         Self {
             engine,
             metrics,
             max_reference_records,
+            names,
         }
     }
 
@@ -43,7 +57,7 @@ impl Service {
     }
 
     fn convert(&self, batch: Option<pb::RecordBatch>, prefix: &str) -> Result<Batch, Status> {
-        batch_from_proto(batch).map_err(|(reason, msg)| {
+        batch_from_proto(batch, &self.names).map_err(|(reason, msg)| {
             self.reject(reason, Status::invalid_argument(format!("{prefix}{msg}")))
         })
     }
@@ -57,9 +71,9 @@ impl Service {
         let Some(b) = batch.as_ref().filter(|b| !b.producer_id.is_empty()) else {
             return Ok(None);
         };
-        domain::validate_name(&b.producer_id).map_err(|e| {
+        self.names.check(&b.producer_id).map_err(|e| {
             self.reject(
-                RejectReason::InvalidName,
+                RejectReason::of_name(&e),
                 Status::invalid_argument(format!("{prefix}batch.producer_id: {e}")),
             )
         })?;
@@ -105,6 +119,25 @@ impl Service {
                     "store flush failed (disk full or I/O error); batch not acknowledged, retry later",
                 ),
             ),
+            engine::Error::Limit {
+                reason,
+                field,
+                message,
+            } => {
+                let text = format!("{prefix}{field}: {message}");
+                self.reject(
+                    reason,
+                    match reason {
+                        RejectReason::UnknownModel => Status::not_found(text),
+                        RejectReason::TooManyRows
+                        | RejectReason::TooManyColumns
+                        | RejectReason::TooManyModels
+                        | RejectReason::TooManyVersions
+                        | RejectReason::TooManyFeatures => Status::resource_exhausted(text),
+                        _ => Status::invalid_argument(text),
+                    },
+                )
+            }
         }
     }
 }
@@ -228,7 +261,7 @@ impl pb::driftd_server::Driftd for Service {
         request: Request<pb::MirrorInferenceRequest>,
     ) -> Result<Response<pb::IngestResponse>, Status> {
         let req = request.into_inner();
-        let batch = mirror_to_batch(req)
+        let batch = mirror_to_batch(req, &self.names)
             .map_err(|(reason, msg)| self.reject(reason, Status::invalid_argument(msg)))?;
         let ack = self
             .engine
@@ -247,7 +280,8 @@ impl pb::driftd_server::Driftd for Service {
         request: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::GetStatusResponse>, Status> {
         let req = request.into_inner();
-        domain::validate_name(&req.model)
+        self.names
+            .check(&req.model)
             .map_err(|e| Status::invalid_argument(format!("model: {e}")))?;
         let version = (!req.version.is_empty()).then_some(req.version.as_str());
         let versions = self
@@ -284,6 +318,281 @@ pub fn authenticate(
     }
 }
 
+// === impl Edge ===
+
+/// What the gRPC edge enforces before and around the service: how long a
+/// request body may stay silent, and how the codec's own refusals (a
+/// message over `server.max_message_bytes`, compressed or not, or bytes
+/// that are not protobuf) are answered and counted. Those refusals happen
+/// inside tonic, before a handler runs, so they are recognised on the way
+/// out by their status.
+#[derive(Clone)]
+pub struct EdgeLayer {
+    metrics: Metrics,
+    idle_timeout: Duration,
+    max_message_bytes: usize,
+}
+
+impl EdgeLayer {
+    /// The layer for `driftd.v1.Driftd`.
+    pub fn new(metrics: Metrics, idle_timeout: Duration, max_message_bytes: usize) -> Self {
+        Self {
+            metrics,
+            idle_timeout,
+            max_message_bytes,
+        }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for EdgeLayer {
+    type Service = Edge<S>;
+
+    fn layer(&self, inner: S) -> Edge<S> {
+        Edge {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service [`EdgeLayer`] wraps around the routes.
+#[derive(Clone)]
+pub struct Edge<S> {
+    inner: S,
+    layer: EdgeLayer,
+}
+
+impl<S, B> tonic::codegen::Service<http::Request<tonic::body::Body>> for Edge<S>
+where
+    S: tonic::codegen::Service<http::Request<tonic::body::Body>, Response = http::Response<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<B>;
+    type Error = S::Error;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        let ours = req.uri().path().starts_with("/driftd.v1.Driftd/");
+        let layer = self.layer.clone();
+        let req = req.map(|body| {
+            tonic::body::Body::new(IdleBody {
+                inner: body,
+                timeout: layer.idle_timeout,
+                sleep: None,
+                metrics: layer.metrics.clone(),
+            })
+        });
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let mut res = fut.await?;
+            if ours {
+                layer.rewrite(res.headers_mut());
+            }
+            Ok(res)
+        })
+    }
+}
+
+impl EdgeLayer {
+    /// Rewrites and counts a refusal tonic's codec produced. Its statuses
+    /// are recognised by their messages, which a test pins.
+    fn rewrite(&self, headers: &mut http::HeaderMap) {
+        let Some(status) = Status::from_header_map(headers) else {
+            return;
+        };
+        let msg = status.message();
+        let max = self.max_message_bytes;
+        let (reason, new) = match status.code() {
+            Code::OutOfRange if msg.contains("message length too large") => (
+                RejectReason::MessageTooLarge,
+                Status::resource_exhausted(format!(
+                    "request: message larger than server.max_message_bytes = {max} ({msg})"
+                )),
+            ),
+            Code::ResourceExhausted if msg.starts_with("Error decompressing") => (
+                RejectReason::MessageTooLarge,
+                Status::resource_exhausted(format!(
+                    "request: decompressed message larger than server.max_message_bytes = {max}"
+                )),
+            ),
+            Code::Internal
+                if msg.contains("failed to decode Protobuf message")
+                    || msg.starts_with("protocol error") =>
+            {
+                (
+                    RejectReason::Malformed,
+                    Status::invalid_argument(format!("request: not a valid message ({msg})")),
+                )
+            }
+            _ => return,
+        };
+        self.metrics.reject(reason);
+        // The new status has the same headers, so this cannot fail.
+        let _ = new.add_header(headers);
+    }
+}
+
+/// A request body that fails with DEADLINE_EXCEEDED when no frame arrives
+/// for `timeout` while the service waits for one, so a client that opens a
+/// call and never sends does not hold it (and a stream slot) forever.
+struct IdleBody {
+    inner: tonic::body::Body,
+    timeout: Duration,
+    /// Armed while the service waits for a frame.
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    metrics: Metrics,
+}
+
+impl http_body::Body for IdleBody {
+    type Data = tonic::codegen::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            this.sleep = None;
+            return Poll::Ready(frame);
+        }
+        let timeout = this.timeout;
+        let sleep = this
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if sleep.as_mut().poll(cx).is_ready() {
+            this.metrics.reject(RejectReason::IdleTimeout);
+            return Poll::Ready(Some(Err(Status::deadline_exceeded(format!(
+                "request: nothing received for {} (limits.stream_idle_timeout); batches sent before are kept",
+                humantime::format_duration(timeout)
+            )))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+// === impl Connection ===
+
+/// Bounds the connections of `incoming` at `max` open at once: one beyond
+/// it is closed as soon as it is accepted and counted, rather than served
+/// or left waiting. A connection that sends nothing for `idle_timeout`
+/// after it was accepted is closed too.
+pub fn limit_connections<S, T, E>(
+    incoming: S,
+    max: usize,
+    idle_timeout: Duration,
+    metrics: Metrics,
+) -> impl tokio_stream::Stream<Item = Result<Connection<T>, E>>
+where
+    S: tokio_stream::Stream<Item = Result<T, E>>,
+{
+    use tokio_stream::StreamExt;
+    let slots = Arc::new(tokio::sync::Semaphore::new(max));
+    incoming.filter_map(move |conn| match conn {
+        Ok(io) => match slots.clone().try_acquire_owned() {
+            Ok(permit) => Some(Ok(Connection {
+                io,
+                _permit: permit,
+                first_read: Some(Box::pin(tokio::time::sleep(idle_timeout))),
+                metrics: metrics.clone(),
+            })),
+            Err(_) => {
+                metrics.reject(RejectReason::TooManyConnections);
+                tracing::debug!(max, "Connection refused: limits.max_connections reached");
+                None
+            }
+        },
+        Err(e) => Some(Err(e)),
+    })
+}
+
+/// An accepted connection holding one of the connection slots until it
+/// closes.
+pub struct Connection<T> {
+    io: T,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    /// Runs until the first byte arrives.
+    first_read: Option<Pin<Box<tokio::time::Sleep>>>,
+    metrics: Metrics,
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Connection<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        let res = Pin::new(&mut this.io).poll_read(cx, buf);
+        if let Some(sleep) = this.first_read.as_mut() {
+            match &res {
+                Poll::Ready(Ok(())) if buf.filled().len() > before => this.first_read = None,
+                Poll::Pending if sleep.as_mut().poll(cx).is_ready() => {
+                    this.first_read = None;
+                    this.metrics.reject(RejectReason::IdleTimeout);
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "nothing received on a new connection (limits.stream_idle_timeout)",
+                    )));
+                }
+                _ => {}
+            }
+        }
+        res
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Connection<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+impl<T: tonic::transport::server::Connected> tonic::transport::server::Connected for Connection<T> {
+    type ConnectInfo = T::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
+}
+
 async fn wait(
     handle: tokio::task::JoinHandle<Result<IngestAck, engine::Error>>,
 ) -> Result<IngestAck, engine::Error> {
@@ -295,15 +604,17 @@ async fn wait(
 type Rejection = (RejectReason, String);
 
 /// Validates a protobuf batch. Error messages name the field.
-fn batch_from_proto(batch: Option<pb::RecordBatch>) -> Result<Batch, Rejection> {
+fn batch_from_proto(batch: Option<pb::RecordBatch>, rules: &NameRules) -> Result<Batch, Rejection> {
     let b = batch.ok_or((RejectReason::EmptyBatch, "batch: required".to_string()))?;
-    domain::validate_name(&b.model)
-        .map_err(|e| (RejectReason::InvalidName, format!("batch.model: {e}")))?;
+    rules
+        .check(&b.model)
+        .map_err(|e| (RejectReason::of_name(&e), format!("batch.model: {e}")))?;
     let version = if b.version.is_empty() {
         domain::DEFAULT_VERSION.to_string()
     } else {
-        domain::validate_name(&b.version)
-            .map_err(|e| (RejectReason::InvalidName, format!("batch.version: {e}")))?;
+        rules
+            .check(&b.version)
+            .map_err(|e| (RejectReason::of_name(&e), format!("batch.version: {e}")))?;
         b.version
     };
     if b.columns.is_empty() {
@@ -316,9 +627,9 @@ fn batch_from_proto(batch: Option<pb::RecordBatch>) -> Result<Batch, Rejection> 
     let mut columns = Vec::with_capacity(b.columns.len());
     let mut n_rows = None;
     for (i, c) in b.columns.into_iter().enumerate() {
-        domain::validate_name(&c.name).map_err(|e| {
+        rules.check(&c.name).map_err(|e| {
             (
-                RejectReason::InvalidName,
+                RejectReason::of_name(&e),
                 format!("batch.columns[{i}].name: {e}"),
             )
         })?;
@@ -473,7 +784,7 @@ fn oip_tensors(
 }
 
 /// Validates a mirrored OIP exchange and joins it into one batch.
-fn mirror_to_batch(req: pb::MirrorInferenceRequest) -> Result<Batch, Rejection> {
+fn mirror_to_batch(req: pb::MirrorInferenceRequest, names: &NameRules) -> Result<Batch, Rejection> {
     let bad = |m: String| (RejectReason::EmptyBatch, m);
     if req.request.is_none() && req.response.is_none() {
         return Err(bad("request/response: at least one must be set".into()));
@@ -492,9 +803,9 @@ fn mirror_to_batch(req: pb::MirrorInferenceRequest) -> Result<Batch, Rejection> 
         req.response.as_ref().map(|r| r.model_name.as_str()),
     )
     .unwrap_or_default();
-    domain::validate_name(&model).map_err(|e| {
+    names.check(&model).map_err(|e| {
         (
-            RejectReason::InvalidName,
+            RejectReason::of_name(&e),
             format!("model (or request.model_name): {e}"),
         )
     })?;
@@ -504,9 +815,9 @@ fn mirror_to_batch(req: pb::MirrorInferenceRequest) -> Result<Batch, Rejection> 
         req.response.as_ref().map(|r| r.model_version.as_str()),
     )
     .unwrap_or_else(|| domain::DEFAULT_VERSION.to_string());
-    domain::validate_name(&version).map_err(|e| {
+    names.check(&version).map_err(|e| {
         (
-            RejectReason::InvalidName,
+            RejectReason::of_name(&e),
             format!("version (or request.model_version): {e}"),
         )
     })?;
@@ -663,15 +974,18 @@ mod tests {
     };
 
     fn mirror(inputs: Vec<InferInputTensor>, raw: Vec<Vec<u8>>) -> Batch {
-        mirror_to_batch(pb::MirrorInferenceRequest {
-            request: Some(ModelInferRequest {
-                model_name: "m".into(),
-                inputs,
-                raw_input_contents: raw,
+        mirror_to_batch(
+            pb::MirrorInferenceRequest {
+                request: Some(ModelInferRequest {
+                    model_name: "m".into(),
+                    inputs,
+                    raw_input_contents: raw,
+                    ..Default::default()
+                }),
                 ..Default::default()
-            }),
-            ..Default::default()
-        })
+            },
+            &NameRules::default(),
+        )
         .unwrap()
     }
 
@@ -743,17 +1057,21 @@ mod tests {
 
     #[test]
     fn inconsistent_mirrors_are_rejected_naming_the_field() {
-        let err = mirror_to_batch(pb::MirrorInferenceRequest::default()).unwrap_err();
+        let names = NameRules::default();
+        let err = mirror_to_batch(pb::MirrorInferenceRequest::default(), &names).unwrap_err();
         assert!(err.1.contains("request/response"), "{err:?}");
-        let err = mirror_to_batch(pb::MirrorInferenceRequest {
-            request: Some(ModelInferRequest {
-                model_name: "m".into(),
-                inputs: vec![tensor("x", "FP32", vec![2], None)],
-                raw_input_contents: vec![vec![0; 4]],
+        let err = mirror_to_batch(
+            pb::MirrorInferenceRequest {
+                request: Some(ModelInferRequest {
+                    model_name: "m".into(),
+                    inputs: vec![tensor("x", "FP32", vec![2], None)],
+                    raw_input_contents: vec![vec![0; 4]],
+                    ..Default::default()
+                }),
                 ..Default::default()
-            }),
-            ..Default::default()
-        })
+            },
+            &names,
+        )
         .unwrap_err();
         assert!(
             err.1

@@ -202,6 +202,8 @@ impl Kserve {
         let model = batch.key.model.clone();
         if let Err(error) = self.engine.ingest_waiting(batch, None).await {
             self.metrics.cloudevent(CloudEventOutcome::IngestFailed);
+            // Counted by reason too, as every refused batch is.
+            self.metrics.reject(error.reason());
             tracing::warn!(model = %model, error = %error, "CloudEvent batch refused");
         }
     }
@@ -359,7 +361,7 @@ async fn cloudevents(State(st): State<Kserve>, headers: HeaderMap, body: Body) -
         ("ce-inferenceservicename", &model),
         ("ce-endpoint", &version),
     ] {
-        if let Err(e) = domain::validate_name(v) {
+        if let Err(e) = st.engine.reader().names().check(v) {
             st.metrics.cloudevent(CloudEventOutcome::Malformed);
             return reply(
                 StatusCode::BAD_REQUEST,

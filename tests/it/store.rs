@@ -210,6 +210,15 @@ async fn a_full_disk_answers_unavailable_and_recovers_when_space_returns() {
     // Still up: metrics and status answer, and the failure is counted.
     let scrape = d.scrape().await;
     assert!(sample(&scrape, "driftd_store_errors_total", &[]).unwrap_or(0.0) >= 1.0);
+    assert!(
+        sample(
+            &scrape,
+            "driftd_ingest_rejected_total",
+            &[("reason", "store_error")]
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    );
     assert!(status_json(&d, "m").await.is_some());
 
     std::fs::remove_file(&filler).unwrap();

@@ -183,6 +183,14 @@ impl TestDaemon {
             .unwrap()
     }
 
+    /// Starts the graceful shutdown, as SIGTERM does, without waiting for
+    /// it; [`TestDaemon::stop`] then waits.
+    pub fn signal(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+
     /// Graceful shutdown; returns `app::run`'s result.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(tx) = self.stop.take() {
