@@ -363,8 +363,18 @@ impl Verdict {
 pub fn run(args: &Args) -> Result<Report, Error> {
     let ref_buf = read(&args.reference)?;
     let cur_buf = read(&args.current)?;
-    let mut reference = reader(&ref_buf);
-    let mut current = reader(&cur_buf);
+    compare(args, &ref_buf, &cur_buf)
+}
+
+/// [`run`] on the two files' contents already in memory; the paths of
+/// `args` only name them in errors.
+///
+/// # Errors
+///
+/// As [`run`], except that nothing is read.
+pub fn compare(args: &Args, ref_buf: &[u8], cur_buf: &[u8]) -> Result<Report, Error> {
+    let mut reference = reader(ref_buf);
+    let mut current = reader(cur_buf);
     let names = header(&args.reference, &mut reference)?;
     let cur_names = header(&args.current, &mut current)?;
     if let Some(unknown) = args.categorical.iter().find(|c| !names.contains(c)) {
@@ -388,7 +398,7 @@ pub fn run(args: &Args) -> Result<Report, Error> {
     let ref_slots: Vec<Option<usize>> = (0..names.len()).map(Some).collect();
     let forced: Vec<bool> = names.iter().map(|n| args.categorical.contains(n)).collect();
 
-    let plain = plain_body(&ref_buf, ref_slots.len()).zip(plain_body(&cur_buf, cur_slots.len()));
+    let plain = plain_body(ref_buf, ref_slots.len()).zip(plain_body(cur_buf, cur_slots.len()));
     let fast = plain.and_then(|(r, c)| read_plain(r, &ref_slots, c, &cur_slots, &forced));
     let pairs = match fast {
         Some(pairs) => pairs,

@@ -29,6 +29,29 @@ fn err<T>(msg: impl Into<String>) -> Result<T, Error> {
     Err(Error(msg.into()))
 }
 
+/// Characters of client text an error message repeats.
+const SHOWN_CHARS: usize = 64;
+/// Dimensions of a shape an error message repeats.
+const SHOWN_DIMS: usize = 8;
+
+/// `s` for an error message, cut to [`SHOWN_CHARS`] characters: messages
+/// travel in a gRPC status header and must not echo unbounded input.
+pub fn clip(s: &str) -> std::borrow::Cow<'_, str> {
+    match s.char_indices().nth(SHOWN_CHARS) {
+        None => s.into(),
+        Some((at, _)) => format!("{}...", &s[..at]).into(),
+    }
+}
+
+/// A shape for an error message, at most [`SHOWN_DIMS`] dimensions of it.
+fn clip_shape(shape: &[i64]) -> String {
+    if shape.len() <= SHOWN_DIMS {
+        return format!("{shape:?}");
+    }
+    let head: Vec<String> = shape[..SHOWN_DIMS].iter().map(i64::to_string).collect();
+    format!("[{}, ... ({} dimensions)]", head.join(", "), shape.len())
+}
+
 /// Element data of one tensor, flattened row-major.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Data {
@@ -107,24 +130,35 @@ pub fn tensors_to_columns(
     for (i, t) in tensors.into_iter().enumerate() {
         if t.shape.iter().any(|&d| d < 0) {
             return err(format!(
-                "{field}[{i}].shape: negative dimension in {:?}",
-                t.shape
+                "{field}[{i}].shape: negative dimension in {}",
+                clip_shape(&t.shape)
             ));
         }
         let dims: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
         let total = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
         let Some(total) = total else {
-            return err(format!("{field}[{i}].shape: {:?} overflows", t.shape));
+            return err(format!(
+                "{field}[{i}].shape: {} overflows",
+                clip_shape(&t.shape)
+            ));
         };
         if total != t.data.len() {
             return err(format!(
-                "{field}[{i}] ({}): shape {:?} needs {total} elements, data has {}",
-                t.name,
-                t.shape,
+                "{field}[{i}] ({}): shape {} needs {total} elements, data has {}",
+                clip(&t.name),
+                clip_shape(&t.shape),
                 t.data.len()
             ));
         }
         let rows = dims.first().copied().unwrap_or(1);
+        // Without rows nothing bounds the other dimensions: [0, 2^40]
+        // would ask for 2^40 column names.
+        if rows == 0 {
+            return err(format!(
+                "{field}[{i}].shape: {} has no rows (batch size 0)",
+                clip_shape(&t.shape)
+            ));
+        }
         // Cannot overflow: it divides a product that did not overflow.
         let width: usize = dims.iter().skip(1).product();
         match n_rows {
@@ -132,7 +166,7 @@ pub fn tensors_to_columns(
             Some(n) if n != rows => {
                 return err(format!(
                     "{field}[{i}] ({}): batch size {rows} differs from {n} of the first tensor",
-                    t.name
+                    clip(&t.name)
                 ))
             }
             Some(_) => {}
@@ -223,7 +257,7 @@ pub fn decode_raw(datatype: &str, raw: &[u8], field: &str) -> Result<Data, Error
             }
             Ok(Data::Bytes(out))
         }
-        other => err(format!("{field}: unsupported datatype {other:?}")),
+        other => err(format!("{field}: unsupported datatype {:?}", clip(other))),
     }
 }
 
@@ -334,7 +368,8 @@ fn v2_tensors(v: &Value, field: &str) -> Result<Vec<Tensor>, Error> {
                 )
             } else {
                 return err(format!(
-                    "{field}[{i}].datatype: unsupported datatype {datatype:?}"
+                    "{field}[{i}].datatype: unsupported datatype {:?}",
+                    clip(datatype)
                 ));
             };
             Ok(Tensor {

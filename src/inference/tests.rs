@@ -88,6 +88,10 @@ fn inconsistent_or_malformed_bodies_are_errors_naming_the_field() {
         (br#"{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": ["a"]}]}"#, "inputs[0].data"),
         (br#"{"inputs": [{"name": "a", "shape": [2], "datatype": "FP64", "data": [1, 2]}, {"name": "b", "shape": [3], "datatype": "FP64", "data": [1, 2, 3]}]}"#, "batch size 3 differs from 2"),
         (br#"{"instances": []}"#, "instances: has no rows"),
+        // Found by tests/fuzz (corpus/mirror/crash-zero-rows-huge-width.bin):
+        // a zero batch size left the width unbounded, and 2^40 column names
+        // aborted the process.
+        (br#"{"inputs": [{"name": "x", "shape": [0, 1099511627776], "datatype": "FP32", "data": []}]}"#, "inputs[0].shape: [0, 1099511627776] has no rows"),
         (br#"{"something": 1}"#, "\"instances\""),
         (b"{not json", "body: invalid JSON"),
         (br#"{"instances": [{"a": {"b": 1}}]}"#, "instances[0].a"),
