@@ -363,10 +363,20 @@ impl Verdict {
 pub fn run(args: &Args) -> Result<Report, Error> {
     let ref_buf = read(&args.reference)?;
     let cur_buf = read(&args.current)?;
-    let mut reference = reader(&ref_buf);
-    let mut current = reader(&cur_buf);
-    let names = header(&args.reference, &mut reference)?;
-    let cur_names = header(&args.current, &mut current)?;
+    compare(args, &ref_buf, &cur_buf)
+}
+
+/// [`run`] on the two files' contents already in memory; the paths of
+/// `args` only name them in errors.
+///
+/// # Errors
+///
+/// As [`run`], except that nothing is read.
+pub fn compare(args: &Args, ref_buf: &[u8], cur_buf: &[u8]) -> Result<Report, Error> {
+    let mut reference = reader(ref_buf);
+    let mut current = reader(cur_buf);
+    let names = header(&args.reference, ref_buf, &mut reference)?;
+    let cur_names = header(&args.current, cur_buf, &mut current)?;
     if let Some(unknown) = args.categorical.iter().find(|c| !names.contains(c)) {
         return Err(Error::UnknownCategorical {
             path: args.reference.clone(),
@@ -388,7 +398,7 @@ pub fn run(args: &Args) -> Result<Report, Error> {
     let ref_slots: Vec<Option<usize>> = (0..names.len()).map(Some).collect();
     let forced: Vec<bool> = names.iter().map(|n| args.categorical.contains(n)).collect();
 
-    let plain = plain_body(&ref_buf, ref_slots.len()).zip(plain_body(&cur_buf, cur_slots.len()));
+    let plain = plain_body(ref_buf, ref_slots.len()).zip(plain_body(cur_buf, cur_slots.len()));
     let fast = plain.and_then(|(r, c)| read_plain(r, &ref_slots, c, &cur_slots, &forced));
     let pairs = match fast {
         Some(pairs) => pairs,
@@ -396,8 +406,9 @@ pub fn run(args: &Args) -> Result<Report, Error> {
             // Quoted fields, carriage returns or a malformed row: the csv
             // reader handles the first two and reports the last exactly.
             let (ref_cols, cur_cols) = std::thread::scope(|s| {
-                let cur = s.spawn(|| body(&args.current, current, &cur_slots, names.len()));
-                let r = body(&args.reference, reference, &ref_slots, names.len());
+                let cur =
+                    s.spawn(|| body(&args.current, cur_buf, current, &cur_slots, names.len()));
+                let r = body(&args.reference, ref_buf, reference, &ref_slots, names.len());
                 // A panic in the reader thread is a bug; propagate it as one.
                 let c = cur.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
                 (r, c)
@@ -516,9 +527,10 @@ fn reader(buf: &[u8]) -> Reader<'_> {
         .from_reader(buf)
 }
 
-/// Maps a CSV reading error: unequal lengths are ragged rows, everything
-/// else is an I/O problem (with `ByteRecord`s no UTF-8 error can occur).
-fn csv_error(path: &Path, error: csv::Error) -> Error {
+/// Maps a CSV reading error of the file `path` holding `buf`: unequal
+/// lengths are ragged rows, everything else is an I/O problem (with
+/// `ByteRecord`s no UTF-8 error can occur).
+fn csv_error(path: &Path, buf: &[u8], error: csv::Error) -> Error {
     if let csv::ErrorKind::UnequalLengths {
         pos,
         expected_len,
@@ -527,7 +539,7 @@ fn csv_error(path: &Path, error: csv::Error) -> Error {
     {
         return Error::RaggedRow {
             path: path.to_owned(),
-            line: pos.as_ref().map_or(0, |p| p.line()),
+            line: crate::refcsv::record_line(buf, pos.as_ref()),
             expected: *expected_len,
             found: *len,
         };
@@ -539,8 +551,8 @@ fn csv_error(path: &Path, error: csv::Error) -> Error {
 }
 
 /// Reads and checks the header row.
-fn header(path: &Path, reader: &mut Reader<'_>) -> Result<Vec<String>, Error> {
-    let record = reader.byte_headers().map_err(|e| csv_error(path, e))?;
+fn header(path: &Path, buf: &[u8], reader: &mut Reader<'_>) -> Result<Vec<String>, Error> {
+    let record = reader.byte_headers().map_err(|e| csv_error(path, buf, e))?;
     if record.is_empty() {
         return Err(Error::Empty {
             path: path.to_owned(),
@@ -577,6 +589,7 @@ fn header(path: &Path, reader: &mut Reader<'_>) -> Result<Vec<String>, Error> {
 /// `Some`.
 fn body(
     path: &Path,
+    buf: &[u8],
     mut reader: Reader<'_>,
     slots: &[Option<usize>],
     n_columns: usize,
@@ -585,7 +598,7 @@ fn body(
     let mut record = csv::ByteRecord::new();
     while reader
         .read_byte_record(&mut record)
-        .map_err(|e| csv_error(path, e))?
+        .map_err(|e| csv_error(path, buf, e))?
     {
         // The reader is not flexible, so the record has exactly
         // `slots.len()` fields.

@@ -161,6 +161,14 @@ pub fn tensors_to_columns(
         }
         // Cannot overflow: it divides a product that did not overflow.
         let width: usize = dims.iter().skip(1).product();
+        // A tensor of width 0 gives no column; alone it would make a batch
+        // with rows and no columns.
+        if width == 0 {
+            return err(format!(
+                "{field}[{i}].shape: {} has no columns (a dimension after the first is 0)",
+                clip_shape(&t.shape)
+            ));
+        }
         match n_rows {
             None => n_rows = Some(rows),
             Some(n) if n != rows => {
@@ -262,19 +270,51 @@ pub fn decode_raw(datatype: &str, raw: &[u8], field: &str) -> Result<Data, Error
 }
 
 /// Joins the decoded sides of one exchange (request first) into one column
-/// list. An output column whose name collides with an earlier column gets an
-/// `_output` suffix, so both survive.
+/// list. A later side's column whose name an earlier side already uses gets
+/// an `_output` suffix (then `_output_2`, `_output_3`, ... while that is
+/// taken too, the base cut to keep the name within the length limit), so
+/// both survive. Two columns of one side with one name stay as they are:
+/// [`duplicate_column`] finds them, for the caller to refuse.
 pub fn join_columns(parts: Vec<Decoded>) -> Vec<Column> {
     let mut columns: Vec<Column> = Vec::new();
     for d in parts {
+        let earlier = columns.len();
         for mut c in d.columns {
-            if columns.iter().any(|o| o.name == c.name) {
-                c.name = sanitize(&format!("{}_output", c.name));
+            let taken = |name: &str, columns: &[Column]| columns.iter().any(|o| o.name == name);
+            if taken(&c.name, &columns[..earlier]) {
+                let base = c.name.clone();
+                let mut n = 1usize;
+                loop {
+                    let suffix = if n == 1 {
+                        "_output".to_string()
+                    } else {
+                        format!("_output_{n}")
+                    };
+                    let mut name = base.clone();
+                    // Names are ASCII once sanitised, so any cut is a boundary.
+                    name.truncate(domain::MAX_NAME_LEN.saturating_sub(suffix.len()));
+                    name.push_str(&suffix);
+                    if !taken(&name, &columns) {
+                        c.name = name;
+                        break;
+                    }
+                    n += 1;
+                }
             }
             columns.push(c);
         }
     }
     columns
+}
+
+/// The first column name that `columns` holds twice, if any: distinct
+/// tensor names can give one column name once sanitised (`a b`, `a_b`).
+pub fn duplicate_column(columns: &[Column]) -> Option<&str> {
+    let mut seen = std::collections::HashSet::with_capacity(columns.len());
+    columns
+        .iter()
+        .find(|c| !seen.insert(c.name.as_str()))
+        .map(|c| c.name.as_str())
 }
 
 /// Which side of an exchange a JSON body is.
@@ -301,16 +341,23 @@ pub fn decode_json(body: &[u8], side: Side, names: Option<&[String]>) -> Result<
         Side::Request => ("inputs", "instances"),
         Side::Response => ("outputs", "predictions"),
     };
-    if let Some(tensors) = v.get(v2_key) {
+    let (decoded, field) = if let Some(tensors) = v.get(v2_key) {
         let tensors = v2_tensors(tensors, v2_key)?;
-        return tensors_to_columns(tensors, role, names, v2_key);
+        (tensors_to_columns(tensors, role, names, v2_key)?, v2_key)
+    } else if let Some(rows) = v.get(v1_key) {
+        (v1_rows(rows, v1_key, role, names)?, v1_key)
+    } else {
+        return err(format!(
+            "body: expected an object with \"{v1_key}\" (KServe v1) or \"{v2_key}\" (Open Inference Protocol v2)"
+        ));
+    };
+    if let Some(name) = duplicate_column(&decoded.columns) {
+        return err(format!(
+            "{field}: names give column {:?} twice once sanitised",
+            clip(name)
+        ));
     }
-    if let Some(rows) = v.get(v1_key) {
-        return v1_rows(rows, v1_key, role, names);
-    }
-    err(format!(
-        "body: expected an object with \"{v1_key}\" (KServe v1) or \"{v2_key}\" (Open Inference Protocol v2)"
-    ))
+    Ok(decoded)
 }
 
 fn v2_tensors(v: &Value, field: &str) -> Result<Vec<Tensor>, Error> {
@@ -489,6 +536,13 @@ fn v1_rows(
                 order.push(name.clone());
                 (0..n_rows).map(|_| None).collect()
             });
+            // Distinct keys can give one name once sanitised (`a b`, `a_b`).
+            if col[r].is_some() {
+                return err(format!(
+                    "{field}[{r}]: names give column {:?} twice once sanitised",
+                    clip(&name)
+                ));
+            }
             col[r] = Some(c);
         }
     }

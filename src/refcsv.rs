@@ -100,6 +100,25 @@ pub fn read(
     parse(&bytes, path, key, outputs, max_rows, names)
 }
 
+/// The 1-based line on which the record at `pos` starts in `bytes`.
+///
+/// The csv crate's own `Position::line` is one too low after a `\r\n`
+/// line end (rust-csv issue 395): the reader consumes the `\r` with the
+/// previous record and leaves the `\n`, so the next record's position
+/// points at that `\n`. Counting from the byte offset, past any line-end
+/// bytes (the leftover `\n`, blank lines the reader skips), gives the line
+/// the record really starts on, whatever the line ends. Lines are counted
+/// by `\n`, as the csv crate counts them. Without a position, 0.
+pub fn record_line(bytes: &[u8], pos: Option<&csv::Position>) -> u64 {
+    let Some(pos) = pos else { return 0 };
+    let from = usize::try_from(pos.byte()).map_or(bytes.len(), |b| b.min(bytes.len()));
+    let start = bytes[from..]
+        .iter()
+        .position(|&b| b != b'\n' && b != b'\r')
+        .map_or(bytes.len(), |i| from + i);
+    1 + bytes[..start].iter().filter(|&&b| b == b'\n').count() as u64
+}
+
 /// [`read`] on bytes already in memory; `path` only names them in errors.
 ///
 /// # Errors
@@ -120,7 +139,7 @@ pub fn parse(
     let map_err = |e: csv::Error| match e.kind() {
         csv::ErrorKind::Utf8 { pos, .. } => Error::Utf8 {
             path: p(),
-            line: pos.as_ref().map_or(0, |p| p.line()),
+            line: record_line(bytes, pos.as_ref()),
         },
         csv::ErrorKind::UnequalLengths {
             pos,
@@ -128,7 +147,7 @@ pub fn parse(
             len,
         } => Error::Ragged {
             path: p(),
-            line: pos.as_ref().map_or(0, |p| p.line()),
+            line: record_line(bytes, pos.as_ref()),
             expected: *expected_len,
             found: *len,
         },

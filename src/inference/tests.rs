@@ -88,10 +88,15 @@ fn inconsistent_or_malformed_bodies_are_errors_naming_the_field() {
         (br#"{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": ["a"]}]}"#, "inputs[0].data"),
         (br#"{"inputs": [{"name": "a", "shape": [2], "datatype": "FP64", "data": [1, 2]}, {"name": "b", "shape": [3], "datatype": "FP64", "data": [1, 2, 3]}]}"#, "batch size 3 differs from 2"),
         (br#"{"instances": []}"#, "instances: has no rows"),
-        // Found by fuzzing the mirror decoder:
+        // Found by tests/fuzz (corpus/mirror/crash-zero-rows-huge-width.bin):
         // a zero batch size left the width unbounded, and 2^40 column names
         // aborted the process.
         (br#"{"inputs": [{"name": "x", "shape": [0, 1099511627776], "datatype": "FP32", "data": []}]}"#, "inputs[0].shape: [0, 1099511627776] has no rows"),
+        // Found by tests/fuzz (corpus/mirror/crash-width-zero.bin): a
+        // tensor of width 0 was accepted as a batch without columns.
+        (br#"{"inputs": [{"name": "x", "shape": [1, 0], "datatype": "FP32", "data": []}]}"#, "inputs[0].shape: [1, 0] has no columns"),
+        (br#"{"inputs": [{"name": "a b", "shape": [1], "datatype": "FP64", "data": [1]}, {"name": "a_b", "shape": [1], "datatype": "FP64", "data": [2]}]}"#, "inputs: names give column \"a_b\" twice once sanitised"),
+        (br#"{"instances": [{"a b": 1, "a_b": 2}]}"#, "instances[0]: names give column \"a_b\" twice once sanitised"),
         (br#"{"something": 1}"#, "\"instances\""),
         (b"{not json", "body: invalid JSON"),
         (br#"{"instances": [{"a": {"b": 1}}]}"#, "instances[0].a"),
@@ -160,4 +165,37 @@ fn names_are_sanitized() {
     );
     assert_eq!(sanitize(""), "_");
     assert_eq!(sanitize(&"x".repeat(300)).len(), domain::MAX_NAME_LEN);
+}
+
+#[test]
+fn join_renames_only_a_later_sides_collisions_and_keeps_names_unique() {
+    let col = |name: &str, role| Column {
+        name: name.to_string(),
+        role,
+        values: Values::Numeric(vec![1.0]),
+    };
+    let side = |names: &[&str], role| Decoded {
+        columns: names.iter().map(|n| col(n, role)).collect(),
+        n_rows: 1,
+    };
+    let names_of = |cols: &[Column]| cols.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
+    // An output named like an input is renamed; `x_output` is an input
+    // already, so the next free suffix is taken.
+    let joined = join_columns(vec![
+        side(&["x", "x_output", "y"], Role::Input),
+        side(&["x", "z"], Role::Output),
+    ]);
+    assert_eq!(names_of(&joined), ["x", "x_output", "y", "x_output_2", "z"]);
+    assert_eq!(duplicate_column(&joined), None);
+    // A name at the length limit is cut to make room for the suffix.
+    let long = "a".repeat(domain::MAX_NAME_LEN);
+    let joined = join_columns(vec![
+        side(&[&long], Role::Input),
+        side(&[&long], Role::Output),
+    ]);
+    assert_eq!(joined[1].name.len(), domain::MAX_NAME_LEN);
+    assert!(joined[1].name.ends_with("_output"), "{}", joined[1].name);
+    // Two columns of one side with one name are left for the caller.
+    let joined = join_columns(vec![side(&["a_b", "a_b"], Role::Input)]);
+    assert_eq!(duplicate_column(&joined), Some("a_b"));
 }

@@ -56,31 +56,10 @@ impl Service {
         status
     }
 
-    fn convert(&self, batch: Option<pb::RecordBatch>, prefix: &str) -> Result<Batch, Status> {
-        batch_from_proto(batch, &self.names).map_err(|(reason, msg)| {
-            self.reject(reason, Status::invalid_argument(format!("{prefix}{msg}")))
-        })
-    }
-
-    /// The idempotent producer of a batch, if it names one.
-    fn producer(
-        &self,
-        batch: &Option<pb::RecordBatch>,
-        prefix: &str,
-    ) -> Result<Option<engine::Producer>, Status> {
-        let Some(b) = batch.as_ref().filter(|b| !b.producer_id.is_empty()) else {
-            return Ok(None);
-        };
-        self.names.check(&b.producer_id).map_err(|e| {
-            self.reject(
-                RejectReason::of_name(&e),
-                Status::invalid_argument(format!("{prefix}batch.producer_id: {e}")),
-            )
-        })?;
-        Ok(Some(engine::Producer {
-            id: b.producer_id.clone(),
-            sequence: b.sequence,
-        }))
+    /// Counts a rejection and turns it into `INVALID_ARGUMENT`, the
+    /// message prefixed with the batch's place in a stream.
+    fn invalid(&self, (reason, msg): Rejection, prefix: &str) -> Status {
+        self.reject(reason, Status::invalid_argument(format!("{prefix}{msg}")))
     }
 
     fn engine_error(&self, e: engine::Error, prefix: &str) -> Status {
@@ -163,8 +142,8 @@ impl pb::driftd_server::Driftd for Service {
         };
         while let Some(msg) = stream.message().await? {
             let prefix = format!("batch {idx}: ");
-            let producer = self.producer(&msg.batch, &prefix)?;
-            let batch = self.convert(msg.batch, &prefix)?;
+            let (batch, producer) =
+                ingest_request(msg, &self.names).map_err(|r| self.invalid(r, &prefix))?;
             if in_flight.len() >= STREAM_IN_FLIGHT {
                 if let Some((p, fut)) = in_flight.pop_front() {
                     let a = wait(fut).await.map_err(|e| self.engine_error(e, &p))?;
@@ -189,9 +168,8 @@ impl pb::driftd_server::Driftd for Service {
         &self,
         request: Request<pb::IngestRequest>,
     ) -> Result<Response<pb::IngestResponse>, Status> {
-        let msg = request.into_inner();
-        let producer = self.producer(&msg.batch, "")?;
-        let batch = self.convert(msg.batch, "")?;
+        let (batch, producer) =
+            ingest_request(request.into_inner(), &self.names).map_err(|r| self.invalid(r, ""))?;
         let ack = self
             .engine
             .ingest_from(batch, producer)
@@ -213,7 +191,8 @@ impl pb::driftd_server::Driftd for Service {
         let mut rows = 0usize;
         while let Some(msg) = stream.message().await? {
             let prefix = format!("batch {}: ", batches.len());
-            let batch = self.convert(msg.batch, &prefix)?;
+            let batch =
+                batch_from_proto(msg.batch, &self.names).map_err(|r| self.invalid(r, &prefix))?;
             if let Some(first) = batches.first() {
                 if first.key != batch.key {
                     return Err(self.reject(
@@ -261,8 +240,7 @@ impl pb::driftd_server::Driftd for Service {
         request: Request<pb::MirrorInferenceRequest>,
     ) -> Result<Response<pb::IngestResponse>, Status> {
         let req = request.into_inner();
-        let batch = mirror_to_batch(req, &self.names)
-            .map_err(|(reason, msg)| self.reject(reason, Status::invalid_argument(msg)))?;
+        let batch = mirror_to_batch(req, &self.names).map_err(|r| self.invalid(r, ""))?;
         let ack = self
             .engine
             .ingest(batch)
@@ -601,10 +579,47 @@ async fn wait(
     handle.await.unwrap_or(Err(engine::Error::Draining))
 }
 
-type Rejection = (RejectReason, String);
+/// A refused request: the reason it is counted under
+/// (`driftd_ingest_rejected_total`) and a message that starts with the
+/// offending field, e.g. `batch.columns[2].name: ...`.
+pub type Rejection = (RejectReason, String);
 
-/// Validates a protobuf batch. Error messages name the field.
-fn batch_from_proto(batch: Option<pb::RecordBatch>, rules: &NameRules) -> Result<Batch, Rejection> {
+/// Validates one `IngestRequest` as `IngestBatch` does, and as `Ingest` does
+/// for each message of its stream: the idempotent producer, if the batch
+/// names one, then the batch. Pure (no engine, no metrics), so the fuzz
+/// tests (`tests/fuzz/`) call exactly what the service calls.
+///
+/// # Errors
+/// The first problem found, as a [`Rejection`] naming the field.
+pub fn ingest_request(
+    msg: pb::IngestRequest,
+    rules: &NameRules,
+) -> Result<(Batch, Option<engine::Producer>), Rejection> {
+    let producer = match msg.batch.as_ref().filter(|b| !b.producer_id.is_empty()) {
+        None => None,
+        Some(b) => {
+            rules
+                .check(&b.producer_id)
+                .map_err(|e| (RejectReason::of_name(&e), format!("batch.producer_id: {e}")))?;
+            Some(engine::Producer {
+                id: b.producer_id.clone(),
+                sequence: b.sequence,
+            })
+        }
+    };
+    Ok((batch_from_proto(msg.batch, rules)?, producer))
+}
+
+/// Validates a protobuf batch (of `IngestRequest` or `SetReferenceRequest`)
+/// into a domain [`Batch`]: valid unique names, known roles, values set,
+/// every column and the per-row lists of the same non-zero length.
+///
+/// # Errors
+/// The first problem found, as a [`Rejection`] naming the field.
+pub fn batch_from_proto(
+    batch: Option<pb::RecordBatch>,
+    rules: &NameRules,
+) -> Result<Batch, Rejection> {
     let b = batch.ok_or((RejectReason::EmptyBatch, "batch: required".to_string()))?;
     rules
         .check(&b.model)
@@ -769,7 +784,8 @@ fn oip_tensors(
                     ),
                     other => {
                         return Err(format!(
-                            "{field}[{i}].datatype: unsupported datatype {other:?}"
+                            "{field}[{i}].datatype: unsupported datatype {:?}",
+                            inference::clip(other)
                         ))
                     }
                 }
@@ -783,8 +799,15 @@ fn oip_tensors(
         .collect()
 }
 
-/// Validates a mirrored OIP exchange and joins it into one batch.
-fn mirror_to_batch(req: pb::MirrorInferenceRequest, names: &NameRules) -> Result<Batch, Rejection> {
+/// Validates a mirrored OIP exchange (`MirrorInferenceRequest`) and joins
+/// it into one batch. Pure, as [`ingest_request`].
+///
+/// # Errors
+/// The first problem found, as a [`Rejection`] naming the field.
+pub fn mirror_to_batch(
+    req: pb::MirrorInferenceRequest,
+    names: &NameRules,
+) -> Result<Batch, Rejection> {
     let bad = |m: String| (RejectReason::EmptyBatch, m);
     if req.request.is_none() && req.response.is_none() {
         return Err(bad("request/response: at least one must be set".into()));
@@ -883,9 +906,22 @@ fn mirror_to_batch(req: pb::MirrorInferenceRequest, names: &NameRules) -> Result
     if n_rows == 0 {
         return Err(bad("request.inputs: batch size is 0".into()));
     }
+    let columns = inference::join_columns(parts);
+    // Tensor names become column names only after sanitising, so distinct
+    // tensors of one side can give one name twice; IngestBatch refuses that
+    // too. (An output named like an input is renamed by the join.)
+    if let Some(name) = inference::duplicate_column(&columns) {
+        return Err((
+            RejectReason::DuplicateColumn,
+            format!(
+                "request.inputs/response.outputs: tensor names give column {:?} twice once sanitised",
+                inference::clip(name)
+            ),
+        ));
+    }
     Ok(Batch {
         key: ModelKey { model, version },
-        columns: inference::join_columns(parts),
+        columns,
         n_rows,
     })
 }
@@ -1078,5 +1114,29 @@ mod tests {
                 .contains("request.inputs[0] (x): shape [2] needs 2 elements, data has 1"),
             "{err:?}"
         );
+        // Distinct tensor names that sanitise to one column name.
+        let fp64 = |v: Vec<f64>| {
+            Some(InferTensorContents {
+                fp64_contents: v,
+                ..Default::default()
+            })
+        };
+        let err = mirror_to_batch(
+            pb::MirrorInferenceRequest {
+                request: Some(ModelInferRequest {
+                    model_name: "m".into(),
+                    inputs: vec![
+                        tensor("a b", "FP64", vec![1], fp64(vec![1.0])),
+                        tensor("a_b", "FP64", vec![1], fp64(vec![2.0])),
+                    ],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            &names,
+        )
+        .unwrap_err();
+        assert_eq!(err.0, RejectReason::DuplicateColumn);
+        assert!(err.1.contains("column \"a_b\" twice"), "{err:?}");
     }
 }
