@@ -361,8 +361,10 @@ impl Verdict {
 /// missing columns, a ragged row, or an unknown `--categorical` column. The
 /// reference file's problems are reported before the current file's.
 pub fn run(args: &Args) -> Result<Report, Error> {
-    let ref_buf = read(&args.reference)?;
-    let cur_buf = read(&args.current)?;
+    // Both files at once: most of a read is the kernel copying and
+    // faulting in pages, which the two cores can do side by side.
+    let (ref_buf, cur_buf) = both(|| read(&args.reference), || read(&args.current));
+    let (ref_buf, cur_buf) = (ref_buf?, cur_buf?);
     compare(args, &ref_buf, &cur_buf)
 }
 
@@ -398,8 +400,7 @@ pub fn compare(args: &Args, ref_buf: &[u8], cur_buf: &[u8]) -> Result<Report, Er
     let ref_slots: Vec<Option<usize>> = (0..names.len()).map(Some).collect();
     let forced: Vec<bool> = names.iter().map(|n| args.categorical.contains(n)).collect();
 
-    let plain = plain_body(ref_buf, ref_slots.len()).zip(plain_body(cur_buf, cur_slots.len()));
-    let fast = plain.and_then(|(r, c)| read_plain(r, &ref_slots, c, &cur_slots, &forced));
+    let fast = read_plain(ref_buf, &ref_slots, cur_buf, &cur_slots, &forced);
     let pairs = match fast {
         Some(pairs) => pairs,
         None => {
@@ -734,21 +735,26 @@ fn raw_plain(body: &[u8], slots: &[Option<usize>], want: &[bool]) -> Option<Vec<
     Some(cols)
 }
 
-/// The fast path: both files split in place and their numeric columns
-/// parsed while splitting, one thread per file; categorical columns are
-/// then copied out in a second pass. `None` when a row is ragged.
+/// The fast path: each file checked for [`plain_body`], split in place and
+/// its numeric columns parsed while splitting, one thread per file;
+/// categorical columns are then copied out in a second pass. `None` when a
+/// file is not plain or a row is ragged.
 fn read_plain(
-    ref_body: &[u8],
+    ref_buf: &[u8],
     ref_slots: &[Option<usize>],
-    cur_body: &[u8],
+    cur_buf: &[u8],
     cur_slots: &[Option<usize>],
     forced: &[bool],
 ) -> Option<Vec<Pair>> {
+    let plain_parse = |buf, slots: &[Option<usize>]| {
+        let body = plain_body(buf, slots.len())?;
+        Some((body, parse_plain(body, slots, forced)?))
+    };
     let (r, c) = both(
-        || parse_plain(ref_body, ref_slots, forced),
-        || parse_plain(cur_body, cur_slots, forced),
+        || plain_parse(ref_buf, ref_slots),
+        || plain_parse(cur_buf, cur_slots),
     );
-    let (r, c) = (r?, c?);
+    let ((ref_body, r), (cur_body, c)) = (r?, c?);
     let raw: Vec<bool> = r
         .iter()
         .zip(&c)
