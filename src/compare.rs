@@ -735,10 +735,10 @@ fn raw_plain(body: &[u8], slots: &[Option<usize>], want: &[bool]) -> Option<Vec<
     Some(cols)
 }
 
-/// The fast path: each file checked for [`plain_body`], split in place and
-/// its numeric columns parsed while splitting, one thread per file;
-/// categorical columns are then copied out in a second pass. `None` when a
-/// file is not plain or a row is ragged.
+/// The fast path: both files checked for [`plain_body`], then split in
+/// place and their numeric columns parsed while splitting, one thread per
+/// file for each step; categorical columns are then copied out in a second
+/// pass. `None` when a file is not plain or a row is ragged.
 fn read_plain(
     ref_buf: &[u8],
     ref_slots: &[Option<usize>],
@@ -746,15 +746,18 @@ fn read_plain(
     cur_slots: &[Option<usize>],
     forced: &[bool],
 ) -> Option<Vec<Pair>> {
-    let plain_parse = |buf, slots: &[Option<usize>]| {
-        let body = plain_body(buf, slots.len())?;
-        Some((body, parse_plain(body, slots, forced)?))
-    };
-    let (r, c) = both(
-        || plain_parse(ref_buf, ref_slots),
-        || plain_parse(cur_buf, cur_slots),
+    // The check first, on both files at once, so that neither is parsed
+    // when the other needs the csv reader anyway.
+    let (ref_body, cur_body) = both(
+        || plain_body(ref_buf, ref_slots.len()),
+        || plain_body(cur_buf, cur_slots.len()),
     );
-    let ((ref_body, r), (cur_body, c)) = (r?, c?);
+    let (ref_body, cur_body) = (ref_body?, cur_body?);
+    let (r, c) = both(
+        || parse_plain(ref_body, ref_slots, forced),
+        || parse_plain(cur_body, cur_slots, forced),
+    );
+    let (r, c) = (r?, c?);
     let raw: Vec<bool> = r
         .iter()
         .zip(&c)

@@ -276,11 +276,11 @@ pub fn decode_raw(datatype: &str, raw: &[u8], field: &str) -> Result<Data, Error
 /// both survive. Two columns of one side with one name stay as they are:
 /// [`duplicate_column`] finds them, for the caller to refuse.
 pub fn join_columns(parts: Vec<Decoded>) -> Vec<Column> {
+    let taken = |name: &str, columns: &[Column]| columns.iter().any(|o| o.name == name);
     let mut columns: Vec<Column> = Vec::new();
     for d in parts {
         let earlier = columns.len();
         for mut c in d.columns {
-            let taken = |name: &str, columns: &[Column]| columns.iter().any(|o| o.name == name);
             if taken(&c.name, &columns[..earlier]) {
                 let base = c.name.clone();
                 let mut n = 1usize;
@@ -341,23 +341,24 @@ pub fn decode_json(body: &[u8], side: Side, names: Option<&[String]>) -> Result<
         Side::Request => ("inputs", "instances"),
         Side::Response => ("outputs", "predictions"),
     };
-    let (decoded, field) = if let Some(tensors) = v.get(v2_key) {
+    if let Some(tensors) = v.get(v2_key) {
         let tensors = v2_tensors(tensors, v2_key)?;
-        (tensors_to_columns(tensors, role, names, v2_key)?, v2_key)
-    } else if let Some(rows) = v.get(v1_key) {
-        (v1_rows(rows, v1_key, role, names)?, v1_key)
-    } else {
-        return err(format!(
-            "body: expected an object with \"{v1_key}\" (KServe v1) or \"{v2_key}\" (Open Inference Protocol v2)"
-        ));
-    };
-    if let Some(name) = duplicate_column(&decoded.columns) {
-        return err(format!(
-            "{field}: names give column {:?} twice once sanitised",
-            clip(name)
-        ));
+        let decoded = tensors_to_columns(tensors, role, names, v2_key)?;
+        // v1 rows refuse a repeated name per row as they read it.
+        if let Some(name) = duplicate_column(&decoded.columns) {
+            return err(format!(
+                "{v2_key}: names give column {:?} twice once sanitised",
+                clip(name)
+            ));
+        }
+        return Ok(decoded);
     }
-    Ok(decoded)
+    if let Some(rows) = v.get(v1_key) {
+        return v1_rows(rows, v1_key, role, names);
+    }
+    err(format!(
+        "body: expected an object with \"{v1_key}\" (KServe v1) or \"{v2_key}\" (Open Inference Protocol v2)"
+    ))
 }
 
 fn v2_tensors(v: &Value, field: &str) -> Result<Vec<Tensor>, Error> {

@@ -40,6 +40,10 @@ use std::{
 };
 
 use driftd::proto::{self as pb, driftd_client::DriftdClient};
+
+/// The load generator's `/proc` reader (CPU time and RSS of a process).
+#[path = "../src/bin/driftd-loadgen/procfs.rs"]
+mod procfs;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use tonic::transport::{Channel, Endpoint};
 
@@ -168,17 +172,9 @@ fn start(binary: &std::path::Path, data: &std::path::Path) -> (Daemon, String, A
     (daemon, addr, logs)
 }
 
-/// RSS in KiB and open fds of `pid`.
+/// RSS in KiB (read as the load generator reads it) and open fds of `pid`.
 fn sample(pid: u32) -> Option<(u64, usize)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
+    let rss = procfs::sample(&pid.to_string())?.rss_bytes / 1024;
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count();
     Some((rss, fds))
 }
