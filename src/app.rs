@@ -116,7 +116,7 @@ pub async fn run(
         &tracker,
         cancel.clone(),
     )
-    .context("restoring state from the store")?;
+    .context("starting the engine")?;
     load_file_references(&config.engine, &engine).await?;
 
     let grpc_addr = listeners.grpc.local_addr()?;

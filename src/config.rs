@@ -421,6 +421,9 @@ pub struct RawEvaluation {
     pub psi_bins: usize,
     /// Replacement for empty bin proportions in PSI.
     pub psi_epsilon: f64,
+    /// Nice value of the evaluation thread, 0-19: how far below ingest it
+    /// runs when both want the CPU.
+    pub nice: i32,
 }
 
 /// `[rules]`.
@@ -642,6 +645,7 @@ impl Default for RawEvaluation {
             min_samples: 500,
             psi_bins: crate::stats::DEFAULT_BINS,
             psi_epsilon: crate::stats::DEFAULT_EPSILON,
+            nice: 19,
         }
     }
 }
@@ -822,6 +826,8 @@ pub struct EngineConfig {
     pub psi_bins: NonZeroUsize,
     /// PSI empty-bin epsilon, in (0, 1).
     pub psi_epsilon: f64,
+    /// Nice value of the evaluation thread (0-19).
+    pub eval_nice: i32,
     /// The drift rules.
     pub rules: Vec<Rule>,
     /// Per-feature series budget per model version, in features.
@@ -1141,6 +1147,9 @@ impl RawConfig {
                 "must be greater than 0 and less than 1",
             ));
         }
+        if !(0..=19).contains(&self.evaluation.nice) {
+            return Err(invalid("evaluation.nice", "must be between 0 and 19"));
+        }
         let rules = self.validate_rules()?;
         let webhook = self.validate_webhook()?;
         for r in &rules {
@@ -1250,6 +1259,7 @@ impl RawConfig {
                 min_samples: self.evaluation.min_samples,
                 psi_bins,
                 psi_epsilon: eps,
+                eval_nice: self.evaluation.nice,
                 rules,
                 max_features_per_model: self.metrics.max_features_per_model,
                 limits,
@@ -1785,6 +1795,7 @@ mod tests {
                 "[evaluation]\npsi_epsilon = 0.0\n",
                 "evaluation.psi_epsilon",
             ),
+            ("[evaluation]\nnice = 20\n", "evaluation.nice"),
             ("bogus = 1\n", "bogus"),
         ];
         for (text, key) in cases {

@@ -9,12 +9,15 @@
 //! the whole group (group commit) and only then acknowledges them. The
 //! *evaluator* shares the live buckets under the lock, computes statistics on a
 //! blocking thread without the lock, then records results and rule
-//! transitions. The engine knows tokio but not tonic, HTTP or sled.
+//! transitions. The statistics run on one thread of their own, at a lower
+//! priority than everything else (`evaluation.nice`), so a costly
+//! evaluation takes only the CPU that ingest leaves. The engine knows tokio
+//! but not tonic, HTTP or sled.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     sync::{Arc, Mutex, MutexGuard},
-    time::{Instant, UNIX_EPOCH},
+    time::{Duration, Instant, UNIX_EPOCH},
 };
 
 use serde::Serialize;
@@ -79,6 +82,17 @@ pub enum Error {
         /// What is wrong, naming the limit's key and value.
         message: String,
     },
+}
+
+/// Why the engine could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Restoring or cleaning the stored state failed.
+    #[error("restoring state from the store: {0}")]
+    Store(#[from] store::Error),
+    /// The evaluation thread could not be started.
+    #[error("cannot start the evaluation thread: {0}")]
+    Thread(#[from] std::io::Error),
 }
 
 impl Error {
@@ -161,6 +175,7 @@ pub struct Handle {
 #[derive(Clone)]
 pub struct Reader {
     shared: Arc<Shared>,
+    store: Store,
 }
 
 struct Shared {
@@ -307,7 +322,8 @@ pub struct RuleStatus {
 /// every [`Handle`] is gone and the queue is drained.
 ///
 /// # Errors
-/// Fails when stale stored state cannot be deleted.
+/// Fails when stale stored state cannot be deleted, or the evaluation
+/// thread cannot be started.
 // Each argument is a distinct collaborator wired once by `app`; a struct
 // would only rename them.
 #[allow(clippy::too_many_arguments)]
@@ -320,13 +336,17 @@ pub fn start(
     webhooks: webhook::Outbox,
     tracker: &TaskTracker,
     cancel: CancellationToken,
-) -> Result<Handle, store::Error> {
+) -> Result<Handle, StartError> {
     let versions = restore_all(loaded, &cfg, &store)?;
     store.flush_blocking()?;
     let shared = Arc::new(Shared {
         state: Mutex::new(versions),
         cfg,
     });
+    let reader = Reader {
+        shared: shared.clone(),
+        store: store.clone(),
+    };
     let (tx, rx) = mpsc::channel(queue_capacity);
     tracker.spawn(run_writer(
         shared.clone(),
@@ -334,17 +354,16 @@ pub fn start(
         metrics.clone(),
         rx,
     ));
+    let thread = EvalThread::start(shared.cfg.eval_nice)?;
     tracker.spawn(run_evaluator(
         shared.clone(),
         store,
         metrics,
         webhooks,
+        thread,
         cancel,
     ));
-    Ok(Handle {
-        tx,
-        reader: Reader { shared },
-    })
+    Ok(Handle { tx, reader })
 }
 
 /// Rebuilds every version from what the store holds, deleting stored
@@ -618,6 +637,12 @@ fn check_features<'a>(
 }
 
 impl Reader {
+    /// Why the daemon cannot work on without a restart, if it cannot: the
+    /// store is stuck ([`store::Error::Wedged`]).
+    pub fn fatal(&self) -> Option<String> {
+        self.store.wedged().map(|e| e.to_string())
+    }
+
     /// What model, version and feature names may be.
     pub fn names(&self) -> &crate::domain::NameRules {
         &self.shared.cfg.limits.names
@@ -929,6 +954,7 @@ async fn run_writer(
     mut rx: mpsc::Receiver<Command>,
 ) {
     let mut last_recovery: Option<Instant> = None;
+    let mut last_size: Option<Instant> = None;
     while let Some(first) = rx.recv().await {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -939,7 +965,7 @@ async fn run_writer(
         }
         metrics.ingest_queue_depth.set(rx.len() as i64);
         if store.is_failed() {
-            recover(&shared, &store, &metrics, &mut last_recovery);
+            recover(&shared, &store, &metrics, &mut last_recovery).await;
         }
         let mut ingest_acks = Vec::new();
         let mut reference_acks = Vec::new();
@@ -1019,8 +1045,13 @@ async fn run_writer(
                 }
             }
         }
-        if let Ok(size) = store.size_on_disk() {
-            metrics.store_size.set(size as f64);
+        // sled sizes its blob directory file by file: at most once a
+        // second, not once per group.
+        if last_size.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            last_size = Some(Instant::now());
+            if let Ok(size) = store.size_on_disk() {
+                metrics.store_size.set(size as f64);
+            }
         }
     }
     if let Err(error) = store.flush().await {
@@ -1031,13 +1062,18 @@ async fn run_writer(
 
 /// After a failed write or flush: reopens the store (at most once a second)
 /// and replaces the in-memory state by what is durable, so that batches
-/// applied in memory but never acknowledged are forgotten.
-fn recover(shared: &Shared, store: &Store, metrics: &Metrics, last: &mut Option<Instant>) {
-    if last.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1)) {
+/// applied in memory but never acknowledged are forgotten. Reopening runs
+/// on a blocking thread: it can wait for sled's old handle to close.
+async fn recover(shared: &Shared, store: &Store, metrics: &Metrics, last: &mut Option<Instant>) {
+    if store.wedged().is_some() || last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
         return;
     }
     *last = Some(Instant::now());
-    match store.recover() {
+    let reopening = store.clone();
+    let recovered = tokio::task::spawn_blocking(move || reopening.recover())
+        .await
+        .unwrap_or_else(|e| Err(store::Error::Failed(format!("reopening failed: {e}"))));
+    match recovered {
         Ok(loaded) => match restore_all(loaded, &shared.cfg, store) {
             Ok(versions) => {
                 *lock(&shared.state) = versions;
@@ -1048,6 +1084,9 @@ fn recover(shared: &Shared, store: &Store, metrics: &Metrics, last: &mut Option<
                 tracing::error!(error = %error, "Reloading the reopened store failed");
             }
         },
+        Err(error @ store::Error::Wedged { .. }) => {
+            tracing::error!(error = %error, "Store stuck; ingest is refused until driftd restarts, /healthz answers 503");
+        }
         Err(error) => {
             tracing::warn!(error = %error, "Store still unavailable");
         }
@@ -1278,11 +1317,70 @@ fn combine_verdicts(outcomes: &[Outcome]) -> Verdict {
 
 // === evaluator ===
 
+/// A job for the evaluation thread.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The thread the statistics run on: one thread (an evaluation uses one
+/// core), started with the nice value `evaluation.nice`, so that when
+/// ingest and an evaluation both want the CPU, ingest gets it. tokio's
+/// blocking pool would not do: its threads also run the store's flushes,
+/// and a thread's nice value cannot be lowered back without privileges.
+struct EvalThread {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+impl EvalThread {
+    /// Starts the thread; it ends when this is dropped.
+    fn start(nice: i32) -> std::io::Result<Self> {
+        let (jobs, rx) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("driftd-eval".into())
+            .spawn(move || {
+                if let Err(error) = lower_priority(nice) {
+                    tracing::warn!(%error, nice, "Cannot lower the evaluation thread's priority");
+                }
+                for job in rx {
+                    // A panicking job drops its answer channel: the caller
+                    // sees the failure; the thread serves the next one.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                }
+            })?;
+        Ok(Self { jobs })
+    }
+
+    /// Runs `f` on the thread; `None` when it panicked.
+    async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        self.jobs
+            .send(Box::new(move || {
+                let _ = tx.send(f());
+            }))
+            .ok()?;
+        rx.await.ok()
+    }
+}
+
+/// Sets the calling thread's nice value (Linux: a per-thread attribute).
+#[cfg(target_os = "linux")]
+fn lower_priority(nice: i32) -> std::io::Result<()> {
+    if nice == 0 {
+        return Ok(());
+    }
+    rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice)
+        .map_err(std::io::Error::from)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_priority(_nice: i32) -> std::io::Result<()> {
+    Ok(())
+}
+
 async fn run_evaluator(
     shared: Arc<Shared>,
     store: Store,
     metrics: Metrics,
     webhooks: webhook::Outbox,
+    thread: EvalThread,
     cancel: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(shared.cfg.eval_interval);
@@ -1295,7 +1393,7 @@ async fn run_evaluator(
             _ = cancel.cancelled() => break,
             _ = tick.tick() => {}
         }
-        evaluate_all(&shared, &store, &metrics, &webhooks).await;
+        evaluate_all(&shared, &store, &metrics, &webhooks, &thread).await;
     }
     tracing::info!("Evaluator stopped");
 }
@@ -1307,12 +1405,13 @@ async fn evaluate_all(
     store: &Store,
     metrics: &Metrics,
     webhooks: &webhook::Outbox,
+    thread: &EvalThread,
 ) {
     let started = Instant::now();
     let now = shared.cfg.clock.now_ms();
     // Under the lock: shared references to the live buckets only (the
     // writer copies a bucket it changes while shared); everything costly
-    // (merging samples, sorting, statistics) runs on a blocking thread.
+    // (merging samples, sorting, statistics) runs on the evaluation thread.
     let work: Vec<Work> = {
         let state = lock(&shared.state);
         state
@@ -1353,18 +1452,16 @@ async fn evaluate_all(
             .collect()
     };
     let cfg = shared.cfg.clone();
-    let reports = tokio::task::spawn_blocking(move || {
-        work.into_iter()
-            .map(|w| evaluate_version(w, &cfg, now))
-            .collect::<Vec<_>>()
-    })
-    .await;
-    let reports = match reports {
-        Ok(r) => r,
-        Err(error) => {
-            tracing::error!(error = %error, "Evaluation task failed");
-            return;
-        }
+    let reports = thread
+        .run(move || {
+            work.into_iter()
+                .map(|w| evaluate_version(w, &cfg, now))
+                .collect::<Vec<_>>()
+        })
+        .await;
+    let Some(reports) = reports else {
+        tracing::error!("Evaluation failed (the evaluation thread panicked)");
+        return;
     };
     let mut events = Vec::new();
     let mut rules_changed = false;
@@ -1765,4 +1862,34 @@ fn make_event(
         timestamp: rfc3339(now),
         targets: rule.webhooks.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EvalThread;
+
+    /// The nice value of the calling thread, from /proc (field 19 of
+    /// `stat`, after the parenthesised command name).
+    #[cfg(target_os = "linux")]
+    fn own_nice() -> i64 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        // Fields after the name start at field 3 (state).
+        fields[19 - 3].parse().unwrap()
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn evaluations_run_at_the_configured_nice_value_and_survive_a_panic() {
+        let thread = EvalThread::start(7).unwrap();
+        assert_eq!(thread.run(own_nice).await, Some(7));
+        assert_ne!(own_nice(), 7, "the caller's priority is untouched");
+        let panicked = thread
+            .run(|| -> u8 { panic!("a failing evaluation") })
+            .await;
+        assert_eq!(panicked, None);
+        assert_eq!(thread.run(|| 1 + 1).await, Some(2), "the thread serves on");
+        let plain = EvalThread::start(0).unwrap();
+        assert_eq!(plain.run(own_nice).await, Some(own_nice()));
+    }
 }

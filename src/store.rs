@@ -120,6 +120,17 @@ pub enum Error {
     /// has been reopened.
     #[error("store is unavailable after a failed write ({0}); retrying")]
     Failed(String),
+    /// sled could not close its handle after an I/O error, and while that
+    /// handle lives no sled database in the process can be written (sled
+    /// holds a process-wide lock in it): only a restart helps.
+    #[error(
+        "store {} is stuck after an I/O error (sled could not close it); restart driftd",
+        path.display()
+    )]
+    Wedged {
+        /// The data directory.
+        path: PathBuf,
+    },
 }
 
 impl Error {
@@ -137,7 +148,7 @@ impl Error {
                 source,
                 sled::Error::Corruption { .. } | sled::Error::ReportableBug(_)
             ),
-            Error::Schema { .. } | Error::Failed(_) => false,
+            Error::Schema { .. } | Error::Failed(_) | Error::Wedged { .. } => false,
         }
     }
 }
@@ -210,11 +221,20 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn reopen(&self) -> Result<(), Error>;
 }
 
+/// How long [`SledBackend::reopen`] waits for the failed handles to close.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// How long a flush may take before the store counts as failed: sled's
+/// flush can wait forever after some I/O errors.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// sled 0.34 behind [`Backend`].
 #[derive(Debug)]
 pub struct SledBackend {
     cfg: StoreConfig,
     inner: RwLock<Option<SledInner>>,
+    /// Set when a failed handle did not close: see [`Error::Wedged`].
+    wedged: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -233,6 +253,7 @@ impl SledBackend {
         Ok(Self {
             inner: RwLock::new(Some(Self::open_inner(cfg)?)),
             cfg: cfg.clone(),
+            wedged: AtomicBool::new(false),
         })
     }
 
@@ -332,10 +353,36 @@ impl Backend for SledBackend {
     }
 
     fn reopen(&self) -> Result<(), Error> {
-        let mut guard = self.inner.write().unwrap_or_else(|p| p.into_inner());
-        // Drop the old handles first: sled holds a lock on the directory.
-        drop(guard.take());
-        *guard = Some(Self::open_inner(&self.cfg)?);
+        let wedged = || Error::Wedged {
+            path: self.cfg.path.clone(),
+        };
+        if self.wedged.load(Ordering::Acquire) {
+            return Err(wedged());
+        }
+        // Take the old handles out first, so other callers fail at once
+        // ("closed") instead of waiting on the lock, then drop them: sled
+        // holds a lock on the directory until they are gone. Dropping
+        // flushes, and after some I/O errors (its files deleted under it)
+        // sled's flush never returns, holding sled's process-wide lock that
+        // every later write waits for, in any database. So drop on a thread
+        // of its own, and when that does not finish within `CLOSE_WAIT`,
+        // give up: the store stays failed and says that driftd must restart.
+        let old = self.inner.write().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(old) = old {
+            let (done, closed) = std::sync::mpsc::channel();
+            let spawned = std::thread::Builder::new()
+                .name("driftd-store-close".into())
+                .spawn(move || {
+                    drop(old);
+                    let _ = done.send(());
+                });
+            if spawned.is_ok() && closed.recv_timeout(CLOSE_WAIT).is_err() {
+                self.wedged.store(true, Ordering::Release);
+                return Err(wedged());
+            }
+        }
+        let fresh = Self::open_inner(&self.cfg)?;
+        *self.inner.write().unwrap_or_else(|p| p.into_inner()) = Some(fresh);
         Ok(())
     }
 }
@@ -478,6 +525,9 @@ pub struct Store {
     backend: Arc<dyn Backend>,
     /// Set by a failed write or flush; cleared by [`Store::recover`].
     failed: Arc<AtomicBool>,
+    /// Set when [`Store::recover`] found the backend stuck
+    /// ([`Error::Wedged`]); never cleared.
+    wedged: Arc<AtomicBool>,
 }
 
 impl Store {
@@ -498,6 +548,7 @@ impl Store {
             path,
             backend,
             failed: Arc::new(AtomicBool::new(false)),
+            wedged: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -536,18 +587,34 @@ impl Store {
         self.failed.load(Ordering::Acquire)
     }
 
+    /// The error that keeps the store from ever being written again in this
+    /// process ([`Error::Wedged`]), if any.
+    pub fn wedged(&self) -> Option<Error> {
+        self.wedged.load(Ordering::Acquire).then(|| Error::Wedged {
+            path: self.path.clone(),
+        })
+    }
+
     /// Reopens the backend after a failure and reads everything back.
     ///
     /// # Errors
     /// The reopen's or the load's error; the store stays failed.
     pub fn recover(&self) -> Result<Vec<StoredVersion>, Error> {
-        self.backend.reopen()?;
+        if let Err(error) = self.backend.reopen() {
+            if matches!(error, Error::Wedged { .. }) {
+                self.wedged.store(true, Ordering::Release);
+            }
+            return Err(error);
+        }
         let loaded = self.load()?;
         self.failed.store(false, Ordering::Release);
         Ok(loaded)
     }
 
     fn apply(&self, tree: Tree, writes: Vec<Write>) -> Result<(), Error> {
+        if let Some(error) = self.wedged() {
+            return Err(error);
+        }
         if self.is_failed() {
             return Err(Error::Failed("an earlier write failed".into()));
         }
@@ -783,13 +850,22 @@ impl Store {
     /// [`Error::Io`] when the flush fails; the store then refuses writes
     /// until [`Store::recover`].
     pub async fn flush(&self) -> Result<Duration, Error> {
+        if let Some(error) = self.wedged() {
+            return Err(error);
+        }
         if self.is_failed() {
             return Err(Error::Failed("an earlier write failed".into()));
         }
         let backend = self.backend.clone();
-        let res = tokio::task::spawn_blocking(move || backend.flush())
-            .await
-            .unwrap_or_else(|e| Err(Error::Failed(format!("flush task failed: {e}"))));
+        let flush = tokio::task::spawn_blocking(move || backend.flush());
+        let res = match tokio::time::timeout(FLUSH_TIMEOUT, flush).await {
+            Ok(done) => {
+                done.unwrap_or_else(|e| Err(Error::Failed(format!("flush task failed: {e}"))))
+            }
+            Err(_) => Err(Error::Failed(format!(
+                "the flush did not finish within {FLUSH_TIMEOUT:?}"
+            ))),
+        };
         if res.is_err() {
             self.failed.store(true, Ordering::Release);
         }

@@ -129,8 +129,17 @@ async fn metrics_handler(State(s): State<AppState>) -> Response {
         .into_response()
 }
 
-async fn healthz() -> Response {
-    Json(json!({ "status": "ok" })).into_response()
+/// Alive unless something only a restart fixes has happened (a stuck
+/// store): a liveness probe then restarts driftd.
+async fn healthz(State(s): State<AppState>) -> Response {
+    match s.reader.fatal() {
+        None => Json(json!({ "status": "ok" })).into_response(),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "failed", "error": why })),
+        )
+            .into_response(),
+    }
 }
 
 async fn readyz(State(s): State<AppState>) -> Response {

@@ -284,3 +284,108 @@ async fn a_drain_longer_than_the_grace_period_exits_one() {
         .unwrap();
     assert_eq!(code, Some(1));
 }
+
+/// The data directory deleted under a running daemon (an operator's
+/// mistake, a volume gone): ingest answers UNAVAILABLE rather than hanging
+/// and metrics keep answering. Then either the store opens again in a new
+/// directory and ingest works, or, when sled cannot close its failed handle
+/// (its final flush can wait forever, holding a lock every sled write in
+/// the process needs), `/healthz` answers 503 saying driftd must restart,
+/// so a liveness probe restarts it. Either way SIGTERM still shuts down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_data_directory_neither_hangs_nor_blocks_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (child, grpc, http) = spawn_daemon(&data);
+    let mut child = KillOnDrop(child);
+    let mut client = pb::driftd_client::DriftdClient::connect(format!("http://{grpc}"))
+        .await
+        .unwrap();
+    let send = |i: u64| {
+        batch(
+            "m",
+            "v",
+            vec![numeric("x", ColumnRole::Input, vec![i as f64; 1000])],
+        )
+    };
+    for i in 0..20 {
+        client.ingest_batch(send(i)).await.unwrap();
+    }
+    std::fs::remove_dir_all(&data).unwrap();
+    let limit = Duration::from_secs(10);
+    let http_get = |path: &str| {
+        let url = format!("http://{http}{path}");
+        async move {
+            tokio::time::timeout(limit, reqwest::get(url))
+                .await
+                .expect("HTTP answers within 10 s after the directory is gone")
+                .unwrap()
+        }
+    };
+    // Keep sending until the loss shows (sled buffers writes), then until
+    // the store is back or declared stuck.
+    let mut refused = None;
+    let mut outcome = None;
+    for i in 0..1000 {
+        let answer = tokio::time::timeout(limit, client.ingest_batch(send(i)))
+            .await
+            .expect("ingest answers within 10 s after the directory is gone");
+        match answer {
+            Err(status) => refused = Some(status),
+            Ok(_) if refused.is_some() => {
+                outcome = Some("reopened");
+                break;
+            }
+            Ok(_) => {}
+        }
+        assert_eq!(http_get("/metrics").await.status(), 200);
+        let health = http_get("/healthz").await;
+        if health.status() == 503 {
+            let body: serde_json::Value = health.json().await.unwrap();
+            let why = body["error"].as_str().unwrap_or_default().to_string();
+            assert!(
+                why.contains(&data.display().to_string()) && why.contains("restart"),
+                "names the store and the way out: {why}"
+            );
+            outcome = Some("stuck");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = refused.expect("a deleted store refuses ingest at some point");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    eprintln!("deleted data directory: store {outcome:?}");
+    match outcome {
+        Some("reopened") => assert!(
+            data.join("db").exists(),
+            "a new store at {}",
+            data.display()
+        ),
+        Some(_) => {
+            let again = tokio::time::timeout(limit, client.ingest_batch(send(0)))
+                .await
+                .expect("ingest answers within 10 s")
+                .expect_err("a stuck store refuses ingest");
+            assert_eq!(again.code(), tonic::Code::Unavailable);
+            assert!(again.message().contains("restart"), "{again:?}");
+        }
+        None => panic!("the store neither reopened nor was declared stuck"),
+    }
+
+    sigterm(&child.0);
+    let code =
+        tokio::task::spawn_blocking(move || wait_exit(&mut child.0, Duration::from_secs(40)))
+            .await
+            .unwrap();
+    assert!(code.is_some(), "exits on SIGTERM: {code:?}");
+}
+
+/// Kills the child when a test fails before it exits.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
