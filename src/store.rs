@@ -31,12 +31,12 @@
 //! - `references`, `rules`, `outbox`: one entry per version, rule, event.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, VecDeque},
     fmt,
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc, RwLock,
+        Arc, Mutex, RwLock,
     },
     time::{Duration, Instant},
 };
@@ -210,6 +210,8 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, Error>;
     /// Calls `f` on every entry whose key starts with `prefix`, in order.
     fn scan(&self, tree: Tree, prefix: &[u8], f: &mut Visit<'_>) -> Result<(), Error>;
+    /// The first `limit` keys that start with `prefix`, in order.
+    fn keys(&self, tree: Tree, prefix: &[u8], limit: usize) -> Result<Vec<Vec<u8>>, Error>;
     /// Applies the writes atomically.
     fn apply(&self, tree: Tree, writes: Vec<Write>) -> Result<(), Error>;
     /// Makes every applied write durable; blocks. Returns its duration.
@@ -321,6 +323,17 @@ impl Backend for SledBackend {
         Ok(())
     }
 
+    fn keys(&self, tree: Tree, prefix: &[u8], limit: usize) -> Result<Vec<Vec<u8>>, Error> {
+        self.with("scan", |i| {
+            i.trees[&tree]
+                .scan_prefix(prefix)
+                .keys()
+                .take(limit)
+                .map(|k| k.map(|k| k.to_vec()))
+                .collect()
+        })
+    }
+
     fn apply(&self, tree: Tree, writes: Vec<Write>) -> Result<(), Error> {
         self.with("write", |i| {
             let t = &i.trees[&tree];
@@ -411,6 +424,20 @@ impl Backend for MemBackend {
             }
         }
         Ok(())
+    }
+
+    fn keys(&self, tree: Tree, prefix: &[u8], limit: usize) -> Result<Vec<Vec<u8>>, Error> {
+        let t = self.trees.read().unwrap_or_else(|p| p.into_inner());
+        Ok(t.get(&tree)
+            .map(|t| {
+                t.range(prefix.to_vec()..)
+                    .map(|(k, _)| k)
+                    .take_while(|k| k.starts_with(prefix))
+                    .take(limit)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 
     fn apply(&self, tree: Tree, writes: Vec<Write>) -> Result<(), Error> {
@@ -528,6 +555,9 @@ pub struct Store {
     /// Set when [`Store::recover`] found the backend stuck
     /// ([`Error::Wedged`]); never cleared.
     wedged: Arc<AtomicBool>,
+    /// Key prefixes of superseded per-batch deltas (of buckets stored whole
+    /// or removed), deleted a few at a time by later commits.
+    purge: Arc<Mutex<VecDeque<Vec<u8>>>>,
 }
 
 impl Store {
@@ -549,6 +579,7 @@ impl Store {
             backend,
             failed: Arc::new(AtomicBool::new(false)),
             wedged: Arc::new(AtomicBool::new(false)),
+            purge: Arc::default(),
         }
     }
 
@@ -644,41 +675,54 @@ impl Store {
                 Some(tau.to_be_bytes().to_vec()),
             ));
         }
-        // A whole state replaces the parts written before it, including
-        // those just above; a removal deletes them all.
+        // A whole state is the bucket's full content: its threshold goes,
+        // and its deltas, which `load` then ignores, are deleted later, a
+        // few per commit (a closing bucket of a busy window has thousands;
+        // deleting them here stalled ingest for the better part of a
+        // second). A removal deletes the whole state and threshold now, the
+        // deltas later; `load` ignores deltas of any bucket but the newest.
+        let mut purge = Vec::new();
         for (window, bucket, whole) in &c.wholes {
-            self.stored_parts(key, window, *bucket, &mut writes)?;
+            forget_parts(key, window, *bucket, &mut writes, &mut purge);
             writes.push((
                 window_key(REGION_WHOLE, key, window, *bucket, WHOLE),
                 Some(postcard_bytes(whole)),
             ));
         }
         for (window, bucket) in &c.removed {
-            self.stored_parts(key, window, *bucket, &mut writes)?;
+            forget_parts(key, window, *bucket, &mut writes, &mut purge);
+            writes.push((window_key(REGION_WHOLE, key, window, *bucket, WHOLE), None));
         }
         writes.push((meta_key(key), Some(postcard_bytes(&c.meta))));
-        self.apply(Tree::Windows, writes)
+        self.purge_some(&mut writes)?;
+        self.apply(Tree::Windows, writes)?;
+        lock(&self.purge).extend(purge);
+        Ok(())
     }
 
-    /// Replaces whatever `writes` was about to write for a bucket by
-    /// deletions of every part stored for it.
-    fn stored_parts(
-        &self,
-        key: &ModelKey,
-        window: &str,
-        bucket: u64,
-        writes: &mut Vec<Write>,
-    ) -> Result<(), Error> {
-        for region in [REGION_WHOLE, REGION_TAU, REGION_DELTA] {
-            let prefix = window_key(region, key, window, bucket, 0);
-            let prefix = &prefix[..prefix.len() - 8];
-            writes.retain(|(k, _)| !k.starts_with(prefix));
-            self.backend.scan(Tree::Windows, prefix, &mut |k, _| {
-                writes.push((k.to_vec(), None));
-                Ok(())
-            })?;
+    /// Adds deletions of up to `PURGE_PER_COMMIT` superseded deltas to
+    /// `writes`.
+    fn purge_some(&self, writes: &mut Vec<Write>) -> Result<(), Error> {
+        let mut budget = PURGE_PER_COMMIT;
+        let mut queue = lock(&self.purge);
+        while budget > 0 {
+            let Some(prefix) = queue.front() else {
+                break;
+            };
+            let keys = self.backend.keys(Tree::Windows, prefix, budget)?;
+            if keys.len() < budget {
+                queue.pop_front();
+            }
+            budget -= keys.len();
+            writes.extend(keys.into_iter().map(|k| (k, None)));
         }
         Ok(())
+    }
+
+    /// Superseded deltas still waiting to be deleted, as key prefixes (one
+    /// per bucket).
+    pub fn purge_pending(&self) -> usize {
+        lock(&self.purge).len()
     }
 
     /// Stores a raw batch of a version still warming up.
@@ -981,12 +1025,26 @@ impl Store {
         // Only what the commit point covers counts: a crash may leave
         // writes of a batch whose counters never landed.
         let mut out: Vec<StoredVersion> = versions.into_values().collect();
+        let mut purge = lock(&self.purge);
+        purge.clear();
         for v in &mut out {
             let done = v.meta.records_ingested;
-            for buckets in v.windows.values_mut() {
+            for (window, buckets) in &mut v.windows {
                 for b in buckets.values_mut() {
                     b.deltas.retain(|(part, _)| *part < done);
                 }
+                // A whole state is the bucket's full content; deltas of a
+                // bucket without one count only in the newest bucket (the
+                // others were removed, their deltas not yet deleted).
+                let newest = buckets.keys().next_back().copied();
+                buckets.retain(|&id, b| {
+                    let superseded = b.whole.is_some() || Some(id) != newest;
+                    if superseded && !b.deltas.is_empty() {
+                        b.deltas.clear();
+                        purge.push_back(bucket_prefix(REGION_DELTA, &v.key, window, id));
+                    }
+                    b.whole.is_some() || Some(id) == newest
+                });
             }
             let next = v.meta.next_raw_seq;
             v.raw_batches.retain(|(seq, _)| *seq < next);
@@ -1026,6 +1084,37 @@ fn version_prefix(key: &ModelKey) -> Vec<u8> {
     k.push(0);
     k.extend_from_slice(key.version.as_bytes());
     k.push(0);
+    k
+}
+
+/// Most superseded deltas one commit deletes.
+const PURGE_PER_COMMIT: usize = 64;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Forgets what `writes` was about to write for a bucket, deletes its
+/// threshold and queues its stored deltas in `purge`.
+fn forget_parts(
+    key: &ModelKey,
+    window: &str,
+    bucket: u64,
+    writes: &mut Vec<Write>,
+    purge: &mut Vec<Vec<u8>>,
+) {
+    let prefixes = [REGION_WHOLE, REGION_TAU, REGION_DELTA]
+        .map(|region| bucket_prefix(region, key, window, bucket));
+    writes.retain(|(k, _)| !prefixes.iter().any(|p| k.starts_with(p)));
+    writes.push((window_key(REGION_TAU, key, window, bucket, TAU), None));
+    let [_, _, deltas] = prefixes;
+    purge.push(deltas);
+}
+
+/// The key prefix of one bucket's parts in `region`.
+fn bucket_prefix(region: u8, key: &ModelKey, window: &str, bucket: u64) -> Vec<u8> {
+    let mut k = window_key(region, key, window, bucket, 0);
+    k.truncate(k.len() - 8);
     k
 }
 

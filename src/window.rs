@@ -681,6 +681,15 @@ impl Window {
             if let Some(b) = self.buckets.get_mut(&id) {
                 Arc::make_mut(b).merge(&delta);
             }
+            // Only the newest bucket lives on deltas: the store takes a
+            // bucket's whole state as its full content and drops the deltas
+            // of every other bucket. A write to an older bucket (the clock
+            // went back) therefore stores it whole again.
+            if self.buckets.keys().next_back() != Some(&id) {
+                changes.closed.insert(id);
+                self.written
+                    .insert(id, self.buckets.get(&id).map_or(0, |b| b.priorities.len()));
+            }
             changes.deltas.push((id, row, delta));
             lo = hi;
         }

@@ -248,3 +248,103 @@ fn truncated_values_do_not_decode() {
     }
     assert!(decode_batch(&enc, k).is_some());
 }
+
+/// A closing bucket's deltas are not deleted in the commit that stores it
+/// whole (thousands of deletions there stalled ingest); `load` ignores them
+/// at once and later commits delete them, `PURGE_PER_COMMIT` at a time. A
+/// removed bucket's whole state goes at once, its deltas later.
+#[test]
+fn superseded_deltas_are_ignored_at_once_and_deleted_a_few_per_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    for backend in [
+        Arc::new(MemBackend::default()) as Arc<dyn Backend>,
+        Arc::new(SledBackend::open(&cfg(dir.path())).unwrap()),
+    ] {
+        let s = Store::with_backend(PathBuf::from("test"), backend.clone());
+        let a = key("a", "b");
+        let meta = |n| VersionMeta {
+            records_ingested: n,
+            ..VersionMeta::default()
+        };
+        let delta = |b: u64, row: u64| Commit {
+            deltas: vec![("5m".into(), b, row, bucket(1, 1.0))],
+            meta: meta(row + 1),
+            ..Commit::default()
+        };
+        let stored = |b: u64| {
+            backend
+                .keys(
+                    Tree::Windows,
+                    &bucket_prefix(REGION_DELTA, &a, "5m", b),
+                    usize::MAX,
+                )
+                .unwrap()
+                .len()
+        };
+        for row in 0..200 {
+            s.commit(&a, &delta(1, row)).unwrap();
+        }
+        assert_eq!(stored(1), 200);
+        // Bucket 1 closes as bucket 2 opens.
+        s.commit(
+            &a,
+            &Commit {
+                wholes: vec![("5m".into(), 1, bucket(200, 1.0))],
+                ..delta(2, 200)
+            },
+        )
+        .unwrap();
+        assert_eq!(stored(1), 200, "nothing deleted by the closing commit");
+        let loaded = s.load().unwrap();
+        let w = &loaded[0].windows["5m"];
+        assert_eq!(w[&1].whole.as_ref().map(|b| b.rows), Some(200));
+        assert!(w[&1].deltas.is_empty(), "the whole state is the content");
+        assert_eq!(w[&2].deltas.len(), 1);
+        assert_eq!(s.purge_pending(), 1);
+
+        let mut row = 201;
+        let mut left = vec![stored(1)];
+        while stored(1) > 0 && row < 210 {
+            s.commit(&a, &delta(2, row)).unwrap();
+            left.push(stored(1));
+            row += 1;
+        }
+        assert_eq!(
+            left,
+            [
+                200,
+                200 - PURGE_PER_COMMIT,
+                200 - 2 * PURGE_PER_COMMIT,
+                200 - 3 * PURGE_PER_COMMIT,
+                0
+            ]
+        );
+        s.commit(&a, &delta(2, row)).unwrap();
+        assert_eq!(s.purge_pending(), 0);
+
+        // Bucket 2 leaves the window as bucket 3 opens: its whole state and
+        // threshold go now, its deltas are ignored, then deleted.
+        s.commit(
+            &a,
+            &Commit {
+                taus: vec![("5m".into(), 2, 7)],
+                ..delta(2, row + 1)
+            },
+        )
+        .unwrap();
+        s.commit(
+            &a,
+            &Commit {
+                removed: vec![("5m".into(), 2)],
+                ..delta(3, row + 2)
+            },
+        )
+        .unwrap();
+        let loaded = s.load().unwrap();
+        let w = &loaded[0].windows["5m"];
+        assert_eq!(w.keys().copied().collect::<Vec<_>>(), [1, 3]);
+        assert!(stored(2) > 0);
+        s.commit(&a, &delta(3, row + 3)).unwrap();
+        assert_eq!(stored(2), 0);
+    }
+}

@@ -348,3 +348,33 @@ fn a_live_copy_is_a_point_in_time_copy_that_shares_unchanged_buckets() {
     assert_eq!(copy.snapshot(now, total - 15 * 40), before);
     assert_ne!(w.snapshot(44_000, total), before);
 }
+
+/// Only the newest bucket lives on per-batch deltas (the store takes a whole
+/// state as a bucket's full content): a batch that lands in an older bucket,
+/// because the clock went back, stores that bucket whole again.
+#[test]
+fn a_write_to_an_older_bucket_stores_it_whole() {
+    let spec = WindowSpec::parse("5m/10s").unwrap();
+    let limits = Limits {
+        sample_size: 1000,
+        max_categories: 10,
+    };
+    let mut w = Window::new(spec, limits, Arc::new(binning()), SEED);
+    let one = || batch(vec![1.0; 10], vec!["k1".to_string(); 10]);
+    let mut ch = Changes::default();
+    w.apply(&one(), 0, 20_000, 0, &mut ch);
+    assert!(ch.closed.is_empty(), "the newest bucket takes deltas");
+    let mut ch = Changes::default();
+    w.apply(&one(), 0, 30_000, 10, &mut ch);
+    assert_eq!(
+        ch.closed.iter().copied().collect::<Vec<_>>(),
+        [2],
+        "bucket 2 closes"
+    );
+    let mut ch = Changes::default();
+    w.apply(&one(), 0, 25_000, 20, &mut ch);
+    assert_eq!(ch.deltas.len(), 1);
+    assert_eq!(ch.deltas[0].0, 2);
+    assert_eq!(ch.closed.iter().copied().collect::<Vec<_>>(), [2]);
+    assert_eq!(w.bucket(2).map(|b| b.rows), Some(20));
+}
