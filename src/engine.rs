@@ -387,7 +387,8 @@ fn restore_all(
                 store.delete_windows(&key, Some(name))?;
             }
         }
-        let v = VersionState::restore(stored, cfg, now);
+        let (v, expired) = VersionState::restore(stored, cfg, now);
+        store.forget_buckets(&key, &expired)?;
         tracing::info!(model = %key.model, version = %key.version, n_records = v.meta.records_ingested, "Restored model version");
         versions.insert(key, v);
     }
@@ -723,7 +724,13 @@ impl VersionState {
         }
     }
 
-    fn restore(stored: store::StoredVersion, cfg: &EngineConfig, now: i64) -> Self {
+    /// A version from what the store holds, and the (window, bucket) that
+    /// left their windows while driftd was down.
+    fn restore(
+        stored: store::StoredVersion,
+        cfg: &EngineConfig,
+        now: i64,
+    ) -> (Self, Vec<(String, u64)>) {
         let mut v = Self::new(&stored.key, cfg);
         v.meta = stored.meta;
         v.rules = stored.rules;
@@ -742,6 +749,7 @@ impl VersionState {
         }
         let total = v.meta.records_ingested;
         let mut stored_windows = stored.windows;
+        let mut expired = Vec::new();
         for w in &mut v.windows {
             let spec = w.spec().clone();
             let buckets = stored_windows
@@ -763,9 +771,13 @@ impl VersionState {
                 }
             }
             *w = Window::restore(spec, cfg.window_limits, binning.clone(), v.seed, buckets);
-            w.expire(now, total);
+            expired.extend(
+                w.expire(now, total)
+                    .into_iter()
+                    .map(|id| (w.spec().name.clone(), id)),
+            );
         }
-        v
+        (v, expired)
     }
 
     /// Makes `r` the reference in force (windows are the caller's

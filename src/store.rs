@@ -780,6 +780,47 @@ impl Store {
         self.apply(Tree::Windows, writes)
     }
 
+    /// Deletes every stored part of buckets that left their windows while
+    /// driftd was down (found at restore, so no commit reported them), and
+    /// with them every superseded delta of the version still waiting to be
+    /// deleted: `load` tells those from live data only because a newer
+    /// bucket exists, which may be one of the buckets deleted here.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the write fails.
+    pub fn forget_buckets(&self, key: &ModelKey, buckets: &[(String, u64)]) -> Result<(), Error> {
+        if buckets.is_empty() {
+            return Ok(());
+        }
+        let mut prefixes: Vec<Vec<u8>> = buckets
+            .iter()
+            .flat_map(|(window, id)| {
+                [REGION_WHOLE, REGION_TAU, REGION_DELTA]
+                    .map(|region| bucket_prefix(region, key, window, *id))
+            })
+            .collect();
+        let mut version = vec![REGION_DELTA];
+        version.extend_from_slice(&version_prefix(key));
+        lock(&self.purge).retain(|p| {
+            let mine = p.starts_with(&version);
+            if mine {
+                prefixes.push(p.clone());
+            }
+            !mine
+        });
+        let mut writes = Vec::new();
+        for prefix in &prefixes {
+            self.backend.scan(Tree::Windows, prefix, &mut |k, _| {
+                writes.push((k.to_vec(), None));
+                Ok(())
+            })?;
+        }
+        if writes.is_empty() {
+            return Ok(());
+        }
+        self.apply(Tree::Windows, writes)
+    }
+
     /// Replaces the reference of `key`. Not durable until [`Store::flush`].
     ///
     /// # Errors
