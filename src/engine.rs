@@ -7,12 +7,11 @@
 //! mutator of windows and the only store writer for ingest: it takes a group
 //! of queued commands, applies and writes them, flushes the store once for
 //! the whole group (group commit) and only then acknowledges them. The
-//! *evaluator* shares the live buckets under the lock, computes statistics on a
-//! blocking thread without the lock, then records results and rule
-//! transitions. The statistics run on one thread of their own, at a lower
-//! priority than everything else (`evaluation.nice`), so a costly
-//! evaluation takes only the CPU that ingest leaves. The engine knows tokio
-//! but not tonic, HTTP or sled.
+//! *evaluator* shares the live buckets under the lock, computes statistics
+//! without the lock on a thread of its own, at a lower priority than
+//! everything else (`evaluation.nice`, so a costly evaluation takes only the
+//! CPU that ingest leaves), then records results and rule transitions. The
+//! engine knows tokio but not tonic, HTTP or sled.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -347,6 +346,7 @@ pub fn start(
         shared: shared.clone(),
         store: store.clone(),
     };
+    let thread = EvalThread::start(shared.cfg.eval_nice)?;
     let (tx, rx) = mpsc::channel(queue_capacity);
     tracker.spawn(run_writer(
         shared.clone(),
@@ -354,7 +354,6 @@ pub fn start(
         metrics.clone(),
         rx,
     ));
-    let thread = EvalThread::start(shared.cfg.eval_nice)?;
     tracker.spawn(run_evaluator(
         shared.clone(),
         store,

@@ -721,7 +721,8 @@ impl Store {
 
     /// Superseded deltas still waiting to be deleted, as key prefixes (one
     /// per bucket).
-    pub fn purge_pending(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn purge_pending(&self) -> usize {
         lock(&self.purge).len()
     }
 
@@ -740,15 +741,18 @@ impl Store {
     /// # Errors
     /// [`Error::Io`] when the write fails.
     pub fn delete_raw_batches(&self, key: &ModelKey) -> Result<(), Error> {
-        self.delete_prefix(Tree::Batches, &version_prefix(key))
+        self.delete_prefixes(Tree::Batches, &[version_prefix(key)])
     }
 
-    fn delete_prefix(&self, tree: Tree, prefix: &[u8]) -> Result<(), Error> {
+    /// Deletes every key under any of `prefixes`, in one write.
+    fn delete_prefixes(&self, tree: Tree, prefixes: &[Vec<u8>]) -> Result<(), Error> {
         let mut writes = Vec::new();
-        self.backend.scan(tree, prefix, &mut |k, _| {
-            writes.push((k.to_vec(), None));
-            Ok(())
-        })?;
+        for prefix in prefixes {
+            self.backend.scan(tree, prefix, &mut |k, _| {
+                writes.push((k.to_vec(), None));
+                Ok(())
+            })?;
+        }
         if writes.is_empty() {
             return Ok(());
         }
@@ -761,23 +765,16 @@ impl Store {
     /// # Errors
     /// [`Error::Io`] when the write fails.
     pub fn delete_windows(&self, key: &ModelKey, window: Option<&str>) -> Result<(), Error> {
-        let mut writes = Vec::new();
-        for region in [REGION_WHOLE, REGION_TAU, REGION_DELTA] {
+        let prefixes = [REGION_WHOLE, REGION_TAU, REGION_DELTA].map(|region| {
             let mut prefix = vec![region];
             prefix.extend_from_slice(&version_prefix(key));
             if let Some(w) = window {
                 prefix.extend_from_slice(w.as_bytes());
                 prefix.push(0);
             }
-            self.backend.scan(Tree::Windows, &prefix, &mut |k, _| {
-                writes.push((k.to_vec(), None));
-                Ok(())
-            })?;
-        }
-        if writes.is_empty() {
-            return Ok(());
-        }
-        self.apply(Tree::Windows, writes)
+            prefix
+        });
+        self.delete_prefixes(Tree::Windows, &prefixes)
     }
 
     /// Deletes every stored part of buckets that left their windows while
@@ -808,17 +805,7 @@ impl Store {
             }
             !mine
         });
-        let mut writes = Vec::new();
-        for prefix in &prefixes {
-            self.backend.scan(Tree::Windows, prefix, &mut |k, _| {
-                writes.push((k.to_vec(), None));
-                Ok(())
-            })?;
-        }
-        if writes.is_empty() {
-            return Ok(());
-        }
-        self.apply(Tree::Windows, writes)
+        self.delete_prefixes(Tree::Windows, &prefixes)
     }
 
     /// Replaces the reference of `key`. Not durable until [`Store::flush`].
