@@ -237,9 +237,12 @@ pub async fn run(
         _ = shutdown => None,
         res = &mut grpc_task => Some(format!("gRPC server stopped: {res:?}")),
         res = &mut http_task => Some(format!("HTTP server stopped: {res:?}")),
+        // Only a new process can open the store again: exit non-zero so
+        // that systemd or Kubernetes restarts driftd at once.
+        () = store.until_wedged() => Some(store.wedged().map_or_else(String::new, |e| e.to_string())),
     };
     if let Some(reason) = &early {
-        tracing::error!(error = %reason, "Server stopped unexpectedly, shutting down");
+        tracing::error!(error = %reason, "Shutting down after a fatal error");
     }
 
     tracing::info!("Draining");

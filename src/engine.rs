@@ -1096,7 +1096,7 @@ async fn recover(shared: &Shared, store: &Store, metrics: &Metrics, last: &mut O
             }
         },
         Err(error @ store::Error::Wedged { .. }) => {
-            tracing::error!(error = %error, "Store stuck; ingest is refused until driftd restarts, /healthz answers 503");
+            tracing::error!(error = %error, "Store stuck; ingest is refused and driftd shuts down to be restarted");
         }
         Err(error) => {
             tracing::warn!(error = %error, "Store still unavailable");

@@ -42,6 +42,7 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::{
     config::StoreConfig,
@@ -552,9 +553,9 @@ pub struct Store {
     backend: Arc<dyn Backend>,
     /// Set by a failed write or flush; cleared by [`Store::recover`].
     failed: Arc<AtomicBool>,
-    /// Set when [`Store::recover`] found the backend stuck
-    /// ([`Error::Wedged`]); never cleared.
-    wedged: Arc<AtomicBool>,
+    /// Cancelled when [`Store::recover`] finds the backend stuck
+    /// ([`Error::Wedged`]); never reset.
+    wedged: CancellationToken,
     /// Key prefixes of superseded per-batch deltas (of buckets stored whole
     /// or removed), deleted a few at a time by later commits.
     purge: Arc<Mutex<VecDeque<Vec<u8>>>>,
@@ -578,7 +579,7 @@ impl Store {
             path,
             backend,
             failed: Arc::new(AtomicBool::new(false)),
-            wedged: Arc::new(AtomicBool::new(false)),
+            wedged: CancellationToken::new(),
             purge: Arc::default(),
         }
     }
@@ -621,9 +622,15 @@ impl Store {
     /// The error that keeps the store from ever being written again in this
     /// process ([`Error::Wedged`]), if any.
     pub fn wedged(&self) -> Option<Error> {
-        self.wedged.load(Ordering::Acquire).then(|| Error::Wedged {
+        self.wedged.is_cancelled().then(|| Error::Wedged {
             path: self.path.clone(),
         })
+    }
+
+    /// Resolves once the store is stuck ([`Store::wedged`]): the daemon
+    /// then shuts down, so that its supervisor restarts it.
+    pub fn until_wedged(&self) -> WaitForCancellationFutureOwned {
+        self.wedged.clone().cancelled_owned()
     }
 
     /// Reopens the backend after a failure and reads everything back.
@@ -633,7 +640,7 @@ impl Store {
     pub fn recover(&self) -> Result<Vec<StoredVersion>, Error> {
         if let Err(error) = self.backend.reopen() {
             if matches!(error, Error::Wedged { .. }) {
-                self.wedged.store(true, Ordering::Release);
+                self.wedged.cancel();
             }
             return Err(error);
         }

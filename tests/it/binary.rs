@@ -85,6 +85,18 @@ pub(crate) fn spawn_daemon_with(
     data: &std::path::Path,
     env: &[(&str, &str)],
 ) -> (std::process::Child, String, String) {
+    let (child, grpc, http, logs) = spawn_daemon_logged(data, env);
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || while logs.recv().is_ok() {});
+    (child, grpc, http)
+}
+
+/// [`spawn_daemon_with`], also returning the daemon's later log lines (JSON),
+/// which the caller must keep reading or drop.
+fn spawn_daemon_logged(
+    data: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (std::process::Child, String, String, mpsc::Receiver<String>) {
     let mut child = driftd()
         .envs(env.iter().copied())
         .args(["--log-format", "json"])
@@ -118,9 +130,7 @@ pub(crate) fn spawn_daemon_with(
             _ => {}
         }
     }
-    // Keep draining stderr so the child never blocks on a full pipe.
-    std::thread::spawn(move || while rx.recv().is_ok() {});
-    (child, grpc.unwrap(), http.unwrap())
+    (child, grpc.unwrap(), http.unwrap(), rx)
 }
 
 pub(crate) fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<i32> {
@@ -293,10 +303,10 @@ async fn a_drain_longer_than_the_grace_period_exits_one() {
 /// the process needs), `/healthz` answers 503 saying driftd must restart,
 /// so a liveness probe restarts it. Either way SIGTERM still shuts down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_deleted_data_directory_neither_hangs_nor_blocks_shutdown() {
+async fn a_deleted_data_directory_never_hangs_and_a_stuck_store_exits_1() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let (child, grpc, http) = spawn_daemon(&data);
+    let (child, grpc, http, logs) = spawn_daemon_logged(&data, &[]);
     let mut child = KillOnDrop(child);
     let mut client = pb::driftd_client::DriftdClient::connect(format!("http://{grpc}"))
         .await
@@ -313,71 +323,72 @@ async fn a_deleted_data_directory_neither_hangs_nor_blocks_shutdown() {
     }
     std::fs::remove_dir_all(&data).unwrap();
     let limit = Duration::from_secs(10);
-    let http_get = |path: &str| {
-        let url = format!("http://{http}{path}");
-        async move {
-            tokio::time::timeout(limit, reqwest::get(url))
-                .await
-                .expect("HTTP answers within 10 s after the directory is gone")
-                .unwrap()
-        }
-    };
     // Keep sending until the loss shows (sled buffers writes), then until
-    // the store is back or declared stuck.
+    // the store is back, or driftd declares it stuck and exits.
     let mut refused = None;
     let mut outcome = None;
-    for i in 0..1000 {
+    for i in 0..2000 {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            outcome = Some(Err(status.code()));
+            break;
+        }
         let answer = tokio::time::timeout(limit, client.ingest_batch(send(i)))
             .await
             .expect("ingest answers within 10 s after the directory is gone");
         match answer {
-            Err(status) => refused = Some(status),
+            Err(status) => {
+                refused.get_or_insert(status);
+            }
             Ok(_) if refused.is_some() => {
-                outcome = Some("reopened");
+                outcome = Some(Ok(()));
                 break;
             }
             Ok(_) => {}
         }
-        assert_eq!(http_get("/metrics").await.status(), 200);
-        let health = http_get("/healthz").await;
-        if health.status() == 503 {
-            let body: serde_json::Value = health.json().await.unwrap();
-            let why = body["error"].as_str().unwrap_or_default().to_string();
-            assert!(
-                why.contains(&data.display().to_string()) && why.contains("restart"),
-                "names the store and the way out: {why}"
-            );
-            outcome = Some("stuck");
-            break;
+        // Metrics keep answering while the process runs; a refused
+        // connection means it is exiting, which the next round sees.
+        let metrics = tokio::time::timeout(limit, reqwest::get(format!("http://{http}/metrics")))
+            .await
+            .expect("HTTP answers within 10 s after the directory is gone");
+        if let Ok(response) = metrics {
+            assert_eq!(response.status(), 200);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let status = refused.expect("a deleted store refuses ingest at some point");
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
-    eprintln!("deleted data directory: store {outcome:?}");
+    eprintln!("deleted data directory: {outcome:?} (Ok: reopened, Err: exit code)");
     match outcome {
-        Some("reopened") => assert!(
-            data.join("db").exists(),
-            "a new store at {}",
-            data.display()
-        ),
-        Some(_) => {
-            let again = tokio::time::timeout(limit, client.ingest_batch(send(0)))
-                .await
-                .expect("ingest answers within 10 s")
-                .expect_err("a stuck store refuses ingest");
-            assert_eq!(again.code(), tonic::Code::Unavailable);
-            assert!(again.message().contains("restart"), "{again:?}");
+        Some(Ok(())) => {
+            assert!(
+                data.join("db").exists(),
+                "a new store at {}",
+                data.display()
+            );
+            sigterm(&child.0);
+            let code = tokio::task::spawn_blocking(move || {
+                wait_exit(&mut child.0, Duration::from_secs(40))
+            })
+            .await
+            .unwrap();
+            assert_eq!(code, Some(0), "exits on SIGTERM");
+        }
+        Some(Err(code)) => {
+            assert_eq!(code, Some(1), "a stuck store ends driftd with status 1");
+            // The reader thread ends at the closed pipe, after the exit.
+            let why = logs
+                .iter()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
+                .find(|v| v["message"] == "Shutting down after a fatal error")
+                .map(|v| v["error"].as_str().unwrap_or_default().to_string())
+                .expect("driftd logs why it shuts down");
+            assert!(
+                why.contains(&data.display().to_string()) && why.contains("restart"),
+                "names the store and the way out: {why}"
+            );
         }
         None => panic!("the store neither reopened nor was declared stuck"),
     }
-
-    sigterm(&child.0);
-    let code =
-        tokio::task::spawn_blocking(move || wait_exit(&mut child.0, Duration::from_secs(40)))
-            .await
-            .unwrap();
-    assert!(code.is_some(), "exits on SIGTERM: {code:?}");
 }
 
 /// Kills the child when a test fails before it exits.
