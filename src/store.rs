@@ -773,8 +773,7 @@ impl Store {
     /// [`Error::Io`] when the write fails.
     pub fn delete_windows(&self, key: &ModelKey, window: Option<&str>) -> Result<(), Error> {
         let prefixes = [REGION_WHOLE, REGION_TAU, REGION_DELTA].map(|region| {
-            let mut prefix = vec![region];
-            prefix.extend_from_slice(&version_prefix(key));
+            let mut prefix = region_prefix(region, key);
             if let Some(w) = window {
                 prefix.extend_from_slice(w.as_bytes());
                 prefix.push(0);
@@ -803,8 +802,7 @@ impl Store {
                     .map(|region| bucket_prefix(region, key, window, *id))
             })
             .collect();
-        let mut version = vec![REGION_DELTA];
-        version.extend_from_slice(&version_prefix(key));
+        let version = region_prefix(REGION_DELTA, key);
         lock(&self.purge).retain(|p| {
             let mine = p.starts_with(&version);
             if mine {
@@ -1153,9 +1151,16 @@ fn bucket_prefix(region: u8, key: &ModelKey, window: &str, bucket: u64) -> Vec<u
     k
 }
 
-fn window_key(region: u8, key: &ModelKey, window: &str, bucket: u64, part: u64) -> Vec<u8> {
+/// The first bytes of every key of `key` in one region of the `windows`
+/// tree.
+fn region_prefix(region: u8, key: &ModelKey) -> Vec<u8> {
     let mut k = vec![region];
     k.extend_from_slice(&version_prefix(key));
+    k
+}
+
+fn window_key(region: u8, key: &ModelKey, window: &str, bucket: u64, part: u64) -> Vec<u8> {
+    let mut k = region_prefix(region, key);
     k.extend_from_slice(window.as_bytes());
     k.push(0);
     k.extend_from_slice(&bucket.to_be_bytes());
@@ -1164,9 +1169,7 @@ fn window_key(region: u8, key: &ModelKey, window: &str, bucket: u64, part: u64) 
 }
 
 fn meta_key(key: &ModelKey) -> Vec<u8> {
-    let mut k = vec![REGION_META];
-    k.extend_from_slice(&version_prefix(key));
-    k
+    region_prefix(REGION_META, key)
 }
 
 fn decode_version_prefix(k: &[u8]) -> Option<(ModelKey, &[u8])> {
