@@ -67,9 +67,11 @@ pub enum Error {
     /// The store failed; nothing of the command was acknowledged.
     #[error(transparent)]
     Store(#[from] store::Error),
-    /// The group commit's flush failed; the command is not durable.
-    #[error("store flush failed")]
-    Flush,
+    /// The group commit's flush failed (the store's error, as text: one
+    /// failure answers every command of the group); the command is not
+    /// durable.
+    #[error("store flush failed: {0}")]
+    Flush(String),
     /// A batch over a limit of `[limits]`, or for a model that may not be
     /// registered; nothing of it was applied.
     #[error("{field}: {message}")]
@@ -102,7 +104,7 @@ impl Error {
             Error::QueueFull => RejectReason::QueueFull,
             Error::Draining => RejectReason::Draining,
             Error::KindMismatch { .. } => RejectReason::KindMismatch,
-            Error::Store(_) | Error::Flush => RejectReason::StoreError,
+            Error::Store(_) | Error::Flush(_) => RejectReason::StoreError,
             Error::Limit { reason, .. } => *reason,
         }
     }
@@ -1048,11 +1050,12 @@ async fn run_writer(
             Err(error) => {
                 metrics.store_errors.inc();
                 tracing::error!(error = %error, "Store flush failed; batches not acknowledged");
+                let error = error.to_string();
                 for (ack, ..) in ingest_acks {
-                    let _ = ack.send(Err(Error::Flush));
+                    let _ = ack.send(Err(Error::Flush(error.clone())));
                 }
                 for (ack, _) in reference_acks {
-                    let _ = ack.send(Err(Error::Flush));
+                    let _ = ack.send(Err(Error::Flush(error.clone())));
                 }
             }
         }

@@ -17,17 +17,27 @@
 //! - `batches`: `<version><seq>`: raw batches of a version still warming
 //!   up (deleted once its reference forms).
 //! - `windows`: four regions, each key led by its region byte:
-//!   `1 <version><window>\0<bucket><u64::MAX>`: a bucket's whole state,
-//!   written once it closes (or was pruned to half); `2 ...<bucket><u64::MAX-1>`:
-//!   its sampling threshold after a pruning; `3 ...<bucket><part>`: its
+//!   `1 <version><window>\0<bucket><u64::MAX><chunk>`: a bucket's whole
+//!   state, written once it closes (or was pruned to half);
+//!   `2 ...<bucket><u64::MAX-1>`: its
+//!   sampling threshold after a pruning; `3 ...<bucket><part><chunk>`: its
 //!   delta per batch (`part` = the batch's first record index); and
 //!   `4 <version>`: the version's counters and idempotent producers'
 //!   positions. Everything one batch changes is one atomic write, and at
-//!   load only deltas below the stored record count are used. The regions
-//!   keep the small values that every batch appends (deltas, counters)
-//!   out of the tree leaves that hold the large whole states: sled rewrites
-//!   a whole leaf every few changes to it, so a delta appended next to
-//!   whole states would rewrite them again and again.
+//!   load only deltas below the stored record count are used.
+//!
+//! Whole states and deltas are cut into chunks of at most [`CHUNK_BYTES`]
+//! under consecutive big-endian `u32` chunk numbers, so that no sled leaf
+//! (up to ~20 keys) is larger than ~80 KiB. sled rewrites a whole leaf
+//! when it consolidates, splits or merges it (a leaf left with fewer than
+//! four keys by deletions is merged into its left neighbour, whatever that
+//! holds), and writes a leaf over 128 KiB as a separate blob file that its
+//! cache counts as a few bytes and so never evicts. With whole states of
+//! several MiB in one value, every merge after a deletion rewrote
+//! megabytes on the writer's thread (multi-second ingest stalls) and sled
+//! kept every such leaf in memory. A value is removed by deleting its
+//! first chunk (`load` drops a value whose first chunk is missing); the
+//! rest is deleted a few keys per commit, like superseded deltas.
 //! - `references`, `rules`, `outbox`: one entry per version, rule, event.
 
 use std::{
@@ -54,7 +64,7 @@ use crate::{
 
 /// On-disk format version, checked at open. Bump it whenever an encoding or
 /// key layout below changes.
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 
 const SCHEMA_KEY: &[u8] = b"schema_version";
 
@@ -69,6 +79,10 @@ const REGION_WHOLE: u8 = 1;
 const REGION_TAU: u8 = 2;
 const REGION_DELTA: u8 = 3;
 const REGION_META: u8 = 4;
+
+/// Largest chunk of a whole state or delta under one key (see the module
+/// documentation).
+const CHUNK_BYTES: usize = 4096;
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +146,17 @@ pub enum Error {
         /// The data directory.
         path: PathBuf,
     },
+    /// The store's log file was deleted or replaced under the running
+    /// daemon. sled keeps writing to the open (unlinked) file without an
+    /// error, so a flush checks the file is still the one it opened.
+    #[error(
+        "store file {} was deleted or replaced while driftd ran; reopening the store there",
+        path.display()
+    )]
+    Gone {
+        /// The file.
+        path: PathBuf,
+    },
 }
 
 impl Error {
@@ -149,7 +174,9 @@ impl Error {
                 source,
                 sled::Error::Corruption { .. } | sled::Error::ReportableBug(_)
             ),
-            Error::Schema { .. } | Error::Failed(_) | Error::Wedged { .. } => false,
+            Error::Schema { .. } | Error::Failed(_) | Error::Wedged { .. } | Error::Gone { .. } => {
+                false
+            }
         }
     }
 }
@@ -244,6 +271,14 @@ pub struct SledBackend {
 struct SledInner {
     db: sled::Db,
     trees: HashMap<Tree, sled::Tree>,
+    /// sled's log file and its identity (device, inode) when opened.
+    file: (PathBuf, Option<(u64, u64)>),
+}
+
+/// Device and inode of `path`, or `None` when it does not exist.
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 impl SledBackend {
@@ -291,7 +326,13 @@ impl SledBackend {
                     .map_err(open_err)?;
             }
         }
-        Ok(SledInner { db, trees })
+        let file = path.join("db");
+        let identity = file_identity(&file);
+        Ok(SledInner {
+            db,
+            trees,
+            file: (file, identity),
+        })
     }
 
     fn with<T>(
@@ -358,7 +399,11 @@ impl Backend for SledBackend {
 
     fn flush(&self) -> Result<Duration, Error> {
         let started = Instant::now();
-        self.with("flush", |i| i.db.flush().map(|_| ()))?;
+        let file = self.with("flush", |i| i.db.flush().map(|_| i.file.clone()))?;
+        // Written to a file nobody can open again is not durable.
+        if file_identity(&file.0) != file.1 {
+            return Err(Error::Gone { path: file.0 });
+        }
         Ok(started.elapsed())
     }
 
@@ -671,10 +716,8 @@ impl Store {
     pub fn commit(&self, key: &ModelKey, c: &Commit) -> Result<(), Error> {
         let mut writes: Vec<Write> = Vec::with_capacity(c.deltas.len() + 1);
         for (window, bucket, part, delta) in &c.deltas {
-            writes.push((
-                window_key(REGION_DELTA, key, window, *bucket, *part),
-                Some(postcard_bytes(delta)),
-            ));
+            let base = window_key(REGION_DELTA, key, window, *bucket, *part);
+            push_chunks(&mut writes, &base, &postcard_bytes(delta));
         }
         for (window, bucket, tau) in &c.taus {
             writes.push((
@@ -691,14 +734,23 @@ impl Store {
         let mut purge = Vec::new();
         for (window, bucket, whole) in &c.wholes {
             forget_parts(key, window, *bucket, &mut writes, &mut purge);
-            writes.push((
-                window_key(REGION_WHOLE, key, window, *bucket, WHOLE),
-                Some(postcard_bytes(whole)),
-            ));
+            let base = window_key(REGION_WHOLE, key, window, *bucket, WHOLE);
+            let n = push_chunks(&mut writes, &base, &postcard_bytes(whole));
+            // Chunks of an earlier whole state of this bucket (stored again
+            // after the clock went back, or removed and not yet purged)
+            // beyond the new one's would read as its continuation.
+            lock(&self.purge).retain(|p| !base.starts_with(p));
+            for k in self.backend.keys(Tree::Windows, &base, usize::MAX)? {
+                if chunk_number(&k).is_none_or(|i| i >= n) {
+                    writes.push((k, None));
+                }
+            }
         }
         for (window, bucket) in &c.removed {
             forget_parts(key, window, *bucket, &mut writes, &mut purge);
-            writes.push((window_key(REGION_WHOLE, key, window, *bucket, WHOLE), None));
+            let base = window_key(REGION_WHOLE, key, window, *bucket, WHOLE);
+            writes.push((chunk_key(&base, 0), None));
+            purge.push(bucket_prefix(REGION_WHOLE, key, window, *bucket));
         }
         writes.push((meta_key(key), Some(postcard_bytes(&c.meta))));
         self.purge_some(&mut writes)?;
@@ -780,7 +832,11 @@ impl Store {
             }
             prefix
         });
-        self.delete_prefixes(Tree::Windows, &prefixes)
+        self.delete_prefixes(Tree::Windows, &prefixes)?;
+        // Deleted above; a queued prefix would otherwise delete a new
+        // bucket of the same number later.
+        lock(&self.purge).retain(|p| !prefixes.iter().any(|x| p.starts_with(x)));
+        Ok(())
     }
 
     /// Deletes every stored part of buckets that left their windows while
@@ -802,9 +858,9 @@ impl Store {
                     .map(|region| bucket_prefix(region, key, window, *id))
             })
             .collect();
-        let version = region_prefix(REGION_DELTA, key);
+        let version = [REGION_WHOLE, REGION_DELTA].map(|region| region_prefix(region, key));
         lock(&self.purge).retain(|p| {
-            let mine = p.starts_with(&version);
+            let mine = version.iter().any(|v| p.starts_with(v));
             if mine {
                 prefixes.push(p.clone());
             }
@@ -982,10 +1038,11 @@ impl Store {
             version_entry(&mut versions, key).raw_batches.push((seq, b));
             Ok(())
         })?;
+        let mut chunks = Chunks::default();
         self.backend.scan(Tree::Windows, b"", &mut |k, v| {
             let corrupt = || Error::Corrupt { tree: "windows" };
-            let (&region, k) = k.split_first().ok_or_else(corrupt)?;
-            let (key, rest) = decode_version_prefix(k).ok_or_else(corrupt)?;
+            let (&region, rest) = k.split_first().ok_or_else(corrupt)?;
+            let (key, rest) = decode_version_prefix(rest).ok_or_else(corrupt)?;
             if region == REGION_META {
                 if !rest.is_empty() {
                     return Err(corrupt());
@@ -997,33 +1054,33 @@ impl Store {
             let i = rest.iter().position(|&b| b == 0).ok_or_else(corrupt)?;
             let window = std::str::from_utf8(&rest[..i]).map_err(|_| corrupt())?;
             let ints = &rest[i + 1..];
-            if ints.len() != 16 {
-                return Err(corrupt());
-            }
-            let bucket = u64::from_be_bytes(ints[..8].try_into().map_err(|_| corrupt())?);
-            let part = u64::from_be_bytes(ints[8..].try_into().map_err(|_| corrupt())?);
-            let entry = version_entry(&mut versions, key)
-                .windows
-                .entry(window.to_string())
-                .or_default()
-                .entry(bucket)
-                .or_default();
-            match (region, part) {
-                (REGION_TAU, TAU) => {
-                    entry.tau = Some(u64::from_be_bytes(v.try_into().map_err(|_| corrupt())?));
+            let int = |at: usize| {
+                ints.get(at..at + 8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes)
+                    .ok_or_else(corrupt)
+            };
+            let (bucket, part) = (int(0)?, int(8)?);
+            let id = PartId {
+                key,
+                window: window.to_string(),
+                bucket,
+                region,
+            };
+            match (region, part, ints.len()) {
+                (REGION_TAU, TAU, 16) => {
+                    id.entry(&mut versions).tau =
+                        Some(u64::from_be_bytes(v.try_into().map_err(|_| corrupt())?));
                 }
-                (REGION_WHOLE, WHOLE) => {
-                    entry.whole = Some(postcard::from_bytes(v).map_err(|_| corrupt())?);
-                }
-                (REGION_DELTA, part) if part < TAU => {
-                    entry
-                        .deltas
-                        .push((part, postcard::from_bytes(v).map_err(|_| corrupt())?));
+                (REGION_WHOLE, WHOLE, 20) | (REGION_DELTA, 0..TAU, 20) => {
+                    let n = chunk_number(k).ok_or_else(corrupt)?;
+                    chunks.add(&mut versions, &k[..k.len() - 4], n, v, id, part)?;
                 }
                 _ => return Err(corrupt()),
             }
             Ok(())
         })?;
+        chunks.finish(&mut versions)?;
         self.backend.scan(Tree::References, b"", &mut |k, v| {
             let corrupt = || Error::Corrupt { tree: "references" };
             let (key, _) = decode_version_prefix(k).ok_or_else(corrupt)?;
@@ -1081,6 +1138,23 @@ impl Store {
             }
             let next = v.meta.next_raw_seq;
             v.raw_batches.retain(|(seq, _)| *seq < next);
+        }
+        // A value whose first chunk is gone was being deleted (a removed
+        // whole state, a superseded delta); its other chunks go the same
+        // way. Deltas of a bucket still read as live stay (the bucket is
+        // an expired one that the engine forgets after the load).
+        for id in chunks.partial {
+            let prefix = bucket_prefix(id.region, &id.key, &id.window, id.bucket);
+            let live = id.region == REGION_DELTA
+                && out.iter().any(|v| {
+                    v.key == id.key
+                        && v.windows
+                            .get(&id.window)
+                            .is_some_and(|w| w.get(&id.bucket).is_some_and(|b| b.whole.is_none()))
+                });
+            if !live && !purge.contains(&prefix) {
+                purge.push_back(prefix);
+            }
         }
         Ok(out)
     }
@@ -1170,6 +1244,128 @@ fn window_key(region: u8, key: &ModelKey, window: &str, bucket: u64, part: u64) 
 
 fn meta_key(key: &ModelKey) -> Vec<u8> {
     region_prefix(REGION_META, key)
+}
+
+/// The key of chunk `n` of the value stored under `base`.
+fn chunk_key(base: &[u8], n: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(base.len() + 4);
+    k.extend_from_slice(base);
+    k.extend_from_slice(&n.to_be_bytes());
+    k
+}
+
+/// The chunk number at the end of a chunked value's key.
+fn chunk_number(k: &[u8]) -> Option<u32> {
+    let at = k.len().checked_sub(4)?;
+    k[at..].try_into().ok().map(u32::from_be_bytes)
+}
+
+/// Adds the writes that store `value` under `base` in chunks of at most
+/// [`CHUNK_BYTES`]; returns how many.
+fn push_chunks(writes: &mut Vec<Write>, base: &[u8], value: &[u8]) -> u32 {
+    let mut n = 0;
+    for piece in value.chunks(CHUNK_BYTES) {
+        writes.push((chunk_key(base, n), Some(piece.to_vec())));
+        n += 1;
+    }
+    if n == 0 {
+        writes.push((chunk_key(base, 0), Some(Vec::new())));
+        n = 1;
+    }
+    n
+}
+
+/// Which bucket part a chunked value belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct PartId {
+    key: ModelKey,
+    window: String,
+    bucket: u64,
+    region: u8,
+}
+
+impl PartId {
+    fn entry<'a>(
+        &self,
+        versions: &'a mut BTreeMap<ModelKey, StoredVersion>,
+    ) -> &'a mut StoredBucket {
+        version_entry(versions, self.key.clone())
+            .windows
+            .entry(self.window.clone())
+            .or_default()
+            .entry(self.bucket)
+            .or_default()
+    }
+}
+
+/// Reassembles chunked values during `load`'s scan, which visits a
+/// value's chunks in order, one value after the other.
+#[derive(Default)]
+struct Chunks {
+    /// The value being read.
+    current: Option<Reading>,
+    /// Values found without their first chunk (being deleted).
+    partial: std::collections::BTreeSet<PartId>,
+}
+
+/// A chunked value being read back.
+struct Reading {
+    /// Its key without the chunk number.
+    base: Vec<u8>,
+    id: PartId,
+    part: u64,
+    next: u32,
+    bytes: Vec<u8>,
+}
+
+impl Chunks {
+    fn add(
+        &mut self,
+        versions: &mut BTreeMap<ModelKey, StoredVersion>,
+        base: &[u8],
+        n: u32,
+        bytes: &[u8],
+        id: PartId,
+        part: u64,
+    ) -> Result<(), Error> {
+        if let Some(r) = self.current.as_mut().filter(|r| r.base == base) {
+            if n != r.next {
+                return Err(Error::Corrupt { tree: "windows" });
+            }
+            r.next += 1;
+            r.bytes.extend_from_slice(bytes);
+            return Ok(());
+        }
+        self.finish(versions)?;
+        if n == 0 {
+            self.current = Some(Reading {
+                base: base.to_vec(),
+                id,
+                part,
+                next: 1,
+                bytes: bytes.to_vec(),
+            });
+        } else {
+            self.partial.insert(id);
+        }
+        Ok(())
+    }
+
+    /// Stores the value read so far.
+    fn finish(&mut self, versions: &mut BTreeMap<ModelKey, StoredVersion>) -> Result<(), Error> {
+        let Some(r) = self.current.take() else {
+            return Ok(());
+        };
+        let bucket: Bucket =
+            postcard::from_bytes(&r.bytes).map_err(|_| Error::Corrupt { tree: "windows" })?;
+        let entry = r.id.entry(versions);
+        if r.id.region == REGION_WHOLE {
+            entry.whole = Some(bucket);
+        } else {
+            entry.deltas.push((r.part, bucket));
+        }
+        Ok(())
+    }
 }
 
 fn decode_version_prefix(k: &[u8]) -> Option<(ModelKey, &[u8])> {

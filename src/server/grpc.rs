@@ -92,11 +92,11 @@ impl Service {
                     )),
                 )
             }
-            engine::Error::Flush => self.reject(
+            engine::Error::Flush(error) => self.reject(
                 RejectReason::StoreError,
-                Status::unavailable(
-                    "store flush failed (disk full or I/O error); batch not acknowledged, retry later",
-                ),
+                Status::unavailable(format!(
+                    "{prefix}store flush failed ({error}); batch not acknowledged, retry later"
+                )),
             ),
             engine::Error::Limit {
                 reason,

@@ -348,3 +348,138 @@ fn superseded_deltas_are_ignored_at_once_and_deleted_a_few_per_commit() {
         assert_eq!(stored(2), 0);
     }
 }
+
+/// A bucket of `rows` sampled rows of one feature: `rows` x 8 bytes and
+/// more once encoded.
+fn big_bucket(rows: usize, x: f64) -> Bucket {
+    Bucket {
+        rows: rows as u64,
+        tau: u64::MAX,
+        features: BTreeMap::new(),
+        priorities: (0..rows as u64).collect(),
+        values: [("x".to_string(), (0..rows).map(|i| x + i as f64).collect())].into(),
+    }
+}
+
+#[test]
+fn large_values_are_stored_in_chunks_and_removed_by_their_first_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    for backend in [
+        Arc::new(MemBackend::default()) as Arc<dyn Backend>,
+        Arc::new(SledBackend::open(&cfg(dir.path())).unwrap()),
+    ] {
+        let s = Store::with_backend(PathBuf::from("test"), backend.clone());
+        let a = key("a", "b");
+        let meta = |n| VersionMeta {
+            records_ingested: n,
+            ..VersionMeta::default()
+        };
+        let whole_keys = |b: u64| {
+            let mut sizes = Vec::new();
+            backend
+                .scan(
+                    Tree::Windows,
+                    &bucket_prefix(REGION_WHOLE, &a, "5m", b),
+                    &mut |_, v| {
+                        sizes.push(v.len());
+                        Ok(())
+                    },
+                )
+                .unwrap();
+            sizes
+        };
+        let n_chunks = |b: &Bucket| postcard_bytes(b).len().div_ceil(CHUNK_BYTES);
+
+        // A delta and a whole state of ~80 KB each read back equal, from
+        // keys of at most CHUNK_BYTES each.
+        let delta = big_bucket(5000, 1.0);
+        s.commit(
+            &a,
+            &Commit {
+                deltas: vec![("5m".into(), 1, 0, delta.clone())],
+                meta: meta(5000),
+                ..Commit::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(s.load().unwrap()[0].windows["5m"][&1].deltas, [(0, delta)]);
+        let whole = big_bucket(10_000, 2.0);
+        s.commit(
+            &a,
+            &Commit {
+                wholes: vec![("5m".into(), 1, whole.clone())],
+                deltas: vec![("5m".into(), 2, 5000, bucket(1, 3.0))],
+                meta: meta(5001),
+                ..Commit::default()
+            },
+        )
+        .unwrap();
+        let sizes = whole_keys(1);
+        assert!(n_chunks(&whole) > 10);
+        assert_eq!(sizes.len(), n_chunks(&whole));
+        assert!(sizes.iter().all(|&n| n <= CHUNK_BYTES), "{sizes:?}");
+        let w = &s.load().unwrap()[0].windows["5m"];
+        assert_eq!(w[&1].whole.as_ref(), Some(&whole));
+
+        // Stored again, smaller: the old state's extra chunks go with it.
+        let smaller = big_bucket(3000, 4.0);
+        s.commit(
+            &a,
+            &Commit {
+                wholes: vec![("5m".into(), 1, smaller.clone())],
+                meta: meta(5001),
+                ..Commit::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(whole_keys(1).len(), n_chunks(&smaller));
+        let w = &s.load().unwrap()[0].windows["5m"];
+        assert_eq!(w[&1].whole.as_ref(), Some(&smaller));
+
+        // Removed: only its first chunk goes with the commit, and the rest
+        // is no longer read; a restart finds the rest and deletes it too.
+        s.commit(
+            &a,
+            &Commit {
+                removed: vec![("5m".into(), 1)],
+                meta: meta(5001),
+                ..Commit::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(whole_keys(1).len(), n_chunks(&smaller) - 1);
+        let restarted = Store::with_backend(PathBuf::from("test"), backend.clone());
+        let w = &restarted.load().unwrap()[0].windows["5m"];
+        assert_eq!(w.keys().copied().collect::<Vec<_>>(), [2]);
+        assert_eq!(restarted.purge_pending(), 1);
+        restarted
+            .commit(
+                &a,
+                &Commit {
+                    meta: meta(5001),
+                    ..Commit::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(whole_keys(1).len(), 0);
+        assert_eq!(restarted.purge_pending(), 0);
+
+        // A chunk missing in the middle of a value is corruption.
+        let base = window_key(REGION_WHOLE, &a, "5m", 3, WHOLE);
+        let mut writes = Vec::new();
+        push_chunks(&mut writes, &base, &postcard_bytes(&whole));
+        writes.remove(3);
+        backend.apply(Tree::Windows, writes).unwrap();
+        assert!(matches!(
+            restarted.load(),
+            Err(Error::Corrupt { tree: "windows" })
+        ));
+        backend
+            .apply(Tree::Windows, vec![(chunk_key(&base, 0), None)])
+            .unwrap();
+        assert!(
+            restarted.load().is_ok(),
+            "without its first chunk it is skipped"
+        );
+    }
+}

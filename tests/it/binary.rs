@@ -296,14 +296,36 @@ async fn a_drain_longer_than_the_grace_period_exits_one() {
 }
 
 /// The data directory deleted under a running daemon (an operator's
-/// mistake, a volume gone): ingest answers UNAVAILABLE rather than hanging
-/// and metrics keep answering. Then either the store opens again in a new
-/// directory and ingest works, or, when sled cannot close its failed handle
-/// (its final flush can wait forever, holding a lock every sled write in
-/// the process needs), `/healthz` answers 503 saying driftd must restart,
-/// so a liveness probe restarts it. Either way SIGTERM still shuts down.
+/// mistake, a volume gone). sled keeps writing to its open, now unlinked
+/// log file without an error, so the flush behind every acknowledgement
+/// checks that the file is still there: ingest answers UNAVAILABLE (never
+/// acknowledged into a file nobody can read again), metrics keep
+/// answering, the store opens again in a new directory and ingest works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_deleted_data_directory_never_hangs_and_a_stuck_store_exits_1() {
+async fn a_deleted_data_directory_is_noticed_at_the_next_flush_and_the_store_reopened() {
+    let outcome = delete_the_data_directory(false).await;
+    assert_eq!(outcome, Outcome::Reopened);
+}
+
+/// The same, but a write that sled must put in a file of its own (a large
+/// reference goes to a blob file) fails in the deleted directory. sled then
+/// cannot close its failed handle (its final flush waits forever, holding a
+/// lock every sled write in the process needs): driftd says so, drains and
+/// exits with status 1 for its supervisor to restart it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_sled_cannot_close_ends_driftd_with_status_1() {
+    let outcome = delete_the_data_directory(true).await;
+    assert_eq!(outcome, Outcome::Exited);
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    Reopened,
+    Exited,
+    Neither,
+}
+
+async fn delete_the_data_directory(large_reference: bool) -> Outcome {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let (child, grpc, http, logs) = spawn_daemon_logged(&data, &[]);
@@ -323,13 +345,30 @@ async fn a_deleted_data_directory_never_hangs_and_a_stuck_store_exits_1() {
     }
     std::fs::remove_dir_all(&data).unwrap();
     let limit = Duration::from_secs(10);
-    // Keep sending until the loss shows (sled buffers writes), then until
-    // the store is back, or driftd declares it stuck and exits.
+    if large_reference {
+        // 40,000 values: the compiled reference is over sled's 128 KiB
+        // inline limit.
+        let values = (0..40_000).map(f64::from).collect();
+        let req = pb::SetReferenceRequest {
+            batch: batch("m", "v", vec![numeric("x", ColumnRole::Input, values)]).batch,
+        };
+        let answer = tokio::time::timeout(limit, client.set_reference(tokio_stream::iter([req])))
+            .await
+            .expect("set-reference answers within 10 s after the directory is gone");
+        eprintln!("set-reference after the deletion: {:?}", answer.map(|_| ()));
+    }
+    // Keep sending until the loss shows, then until the store is back, or
+    // driftd declares it stuck and exits.
     let mut refused = None;
-    let mut outcome = None;
+    let mut outcome = Outcome::Neither;
     for i in 0..2000 {
         if let Some(status) = child.0.try_wait().unwrap() {
-            outcome = Some(Err(status.code()));
+            assert_eq!(
+                status.code(),
+                Some(1),
+                "a stuck store ends driftd with status 1"
+            );
+            outcome = Outcome::Exited;
             break;
         }
         let answer = tokio::time::timeout(limit, client.ingest_batch(send(i)))
@@ -339,8 +378,8 @@ async fn a_deleted_data_directory_never_hangs_and_a_stuck_store_exits_1() {
             Err(status) => {
                 refused.get_or_insert(status);
             }
-            Ok(_) if refused.is_some() => {
-                outcome = Some(Ok(()));
+            Ok(_) if refused.is_some() || large_reference => {
+                outcome = Outcome::Reopened;
                 break;
             }
             Ok(_) => {}
@@ -355,11 +394,17 @@ async fn a_deleted_data_directory_never_hangs_and_a_stuck_store_exits_1() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let status = refused.expect("a deleted store refuses ingest at some point");
-    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
-    eprintln!("deleted data directory: {outcome:?} (Ok: reopened, Err: exit code)");
+    eprintln!("deleted data directory: {outcome:?}, first refusal {refused:?}");
+    if !large_reference {
+        let status = refused.expect("ingest is refused once the deletion shows");
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        assert!(
+            status.message().contains("deleted or replaced"),
+            "says what happened: {status:?}"
+        );
+    }
     match outcome {
-        Some(Ok(())) => {
+        Outcome::Reopened => {
             assert!(
                 data.join("db").exists(),
                 "a new store at {}",
@@ -373,8 +418,7 @@ async fn a_deleted_data_directory_never_hangs_and_a_stuck_store_exits_1() {
             .unwrap();
             assert_eq!(code, Some(0), "exits on SIGTERM");
         }
-        Some(Err(code)) => {
-            assert_eq!(code, Some(1), "a stuck store ends driftd with status 1");
+        Outcome::Exited => {
             // The reader thread ends at the closed pipe, after the exit.
             let why = logs
                 .iter()
@@ -387,8 +431,9 @@ async fn a_deleted_data_directory_never_hangs_and_a_stuck_store_exits_1() {
                 "names the store and the way out: {why}"
             );
         }
-        None => panic!("the store neither reopened nor was declared stuck"),
+        Outcome::Neither => {}
     }
+    outcome
 }
 
 /// Kills the child when a test fails before it exits.
