@@ -35,6 +35,22 @@ fn batch(k: &ModelKey, xs: Vec<f64>) -> Batch {
     }
 }
 
+/// The in-memory backend and sled in `dir`: both keep the same contract.
+fn both_backends(dir: &Path) -> [Arc<dyn Backend>; 2] {
+    [
+        Arc::new(MemBackend::default()),
+        Arc::new(SledBackend::open(&cfg(dir)).unwrap()),
+    ]
+}
+
+/// Version counters after `n` records.
+fn meta(n: u64) -> VersionMeta {
+    VersionMeta {
+        records_ingested: n,
+        ..VersionMeta::default()
+    }
+}
+
 fn bucket(rows: u64, x: f64) -> Bucket {
     Bucket {
         rows,
@@ -256,16 +272,9 @@ fn truncated_values_do_not_decode() {
 #[test]
 fn superseded_deltas_are_ignored_at_once_and_deleted_a_few_per_commit() {
     let dir = tempfile::tempdir().unwrap();
-    for backend in [
-        Arc::new(MemBackend::default()) as Arc<dyn Backend>,
-        Arc::new(SledBackend::open(&cfg(dir.path())).unwrap()),
-    ] {
+    for backend in both_backends(dir.path()) {
         let s = Store::with_backend(PathBuf::from("test"), backend.clone());
         let a = key("a", "b");
-        let meta = |n| VersionMeta {
-            records_ingested: n,
-            ..VersionMeta::default()
-        };
         let delta = |b: u64, row: u64| Commit {
             deltas: vec![("5m".into(), b, row, bucket(1, 1.0))],
             meta: meta(row + 1),
@@ -361,19 +370,17 @@ fn big_bucket(rows: usize, x: f64) -> Bucket {
     }
 }
 
+/// Whole states and deltas larger than a chunk are stored as several keys
+/// of at most `CHUNK_BYTES` and read back equal; a whole state stored again
+/// smaller leaves none of the old chunks; a removed one is gone at once
+/// (its first chunk) and its other chunks are deleted later, also after a
+/// restart; a chunk missing inside a value is corruption.
 #[test]
 fn large_values_are_stored_in_chunks_and_removed_by_their_first_chunk() {
     let dir = tempfile::tempdir().unwrap();
-    for backend in [
-        Arc::new(MemBackend::default()) as Arc<dyn Backend>,
-        Arc::new(SledBackend::open(&cfg(dir.path())).unwrap()),
-    ] {
+    for backend in both_backends(dir.path()) {
         let s = Store::with_backend(PathBuf::from("test"), backend.clone());
         let a = key("a", "b");
-        let meta = |n| VersionMeta {
-            records_ingested: n,
-            ..VersionMeta::default()
-        };
         let whole_keys = |b: u64| {
             let mut sizes = Vec::new();
             backend
