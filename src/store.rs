@@ -271,8 +271,9 @@ pub struct SledBackend {
 struct SledInner {
     db: sled::Db,
     trees: HashMap<Tree, sled::Tree>,
-    /// sled's log file and its identity (device, inode) when opened.
-    file: (PathBuf, Option<(u64, u64)>),
+    /// sled's log file, and its identity (device, inode) when opened.
+    db_file: PathBuf,
+    db_file_id: Option<(u64, u64)>,
 }
 
 /// Device and inode of `path`, or `None` when it does not exist.
@@ -326,12 +327,13 @@ impl SledBackend {
                     .map_err(open_err)?;
             }
         }
-        let file = path.join("db");
-        let identity = file_identity(&file);
+        let db_file = path.join("db");
+        let db_file_id = file_identity(&db_file);
         Ok(SledInner {
             db,
             trees,
-            file: (file, identity),
+            db_file,
+            db_file_id,
         })
     }
 
@@ -399,12 +401,15 @@ impl Backend for SledBackend {
 
     fn flush(&self) -> Result<Duration, Error> {
         let started = Instant::now();
-        let file = self.with("flush", |i| i.db.flush().map(|_| i.file.clone()))?;
         // Written to a file nobody can open again is not durable.
-        if file_identity(&file.0) != file.1 {
-            return Err(Error::Gone { path: file.0 });
+        let gone = self.with("flush", |i| {
+            i.db.flush()?;
+            Ok((file_identity(&i.db_file) != i.db_file_id).then(|| i.db_file.clone()))
+        })?;
+        match gone {
+            Some(path) => Err(Error::Gone { path }),
+            None => Ok(started.elapsed()),
         }
-        Ok(started.elapsed())
     }
 
     fn size_on_disk(&self) -> Result<u64, Error> {
