@@ -3,7 +3,8 @@
 //! 20,000 records/s for one hour of simulated time, through the real engine
 //! and sled store (no gRPC). Prints the process's RSS, the store's size on
 //! disk, and how long a restart on that store takes to restore everything.
-//! It uses the daemon's allocator (mimalloc), counting live heap bytes.
+//! It uses the daemon's allocator (jemalloc, with the options built into it),
+//! counting live heap bytes.
 //!
 //! ```sh
 //! cargo run --release --example window_scenario -- [MINUTES] [DATA_DIR]
@@ -39,25 +40,25 @@ struct Counting;
 
 static HEAP_BYTES: AtomicI64 = AtomicI64::new(0);
 
-// SAFETY: every call forwards to mimalloc with the caller's arguments; the
+// SAFETY: every call forwards to jemalloc with the caller's arguments; the
 // counter has no effect on the memory handed out.
 unsafe impl std::alloc::GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
         HEAP_BYTES.fetch_add(layout.size() as i64, Ordering::Relaxed);
         // SAFETY: forwarded unchanged.
-        unsafe { mimalloc::MiMalloc.alloc(layout) }
+        unsafe { tikv_jemallocator::Jemalloc.alloc(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
         HEAP_BYTES.fetch_sub(layout.size() as i64, Ordering::Relaxed);
         // SAFETY: forwarded unchanged.
-        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
+        unsafe { tikv_jemallocator::Jemalloc.dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
         HEAP_BYTES.fetch_add(new as i64 - layout.size() as i64, Ordering::Relaxed);
         // SAFETY: forwarded unchanged.
-        unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new) }
+        unsafe { tikv_jemallocator::Jemalloc.realloc(ptr, layout, new) }
     }
 }
 

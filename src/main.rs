@@ -117,11 +117,14 @@ fn positive_finite(s: &str) -> Result<f64, String> {
     }
 }
 
-/// mimalloc rather than the system allocator: the windows free and
-/// reallocate sample vectors of many sizes all day, and glibc's malloc
-/// keeps much more of that memory resident (BENCHMARKS.md, memory).
+/// jemalloc rather than the system allocator: the windows free and
+/// reallocate sample vectors of many sizes all day. With the options built
+/// into it (`.cargo/config.toml`; `_RJEM_MALLOC_CONF` overrides them at run
+/// time) its background thread hands freed pages back to the kernel after about a
+/// second, off the writer's thread; glibc's malloc and mimalloc kept 150-200
+/// MiB more resident in the sizing scenario (BENCHMARKS.md, memory).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

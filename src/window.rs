@@ -387,7 +387,7 @@ impl Bucket {
         }
         // Pruning is how memory stays bounded: give the space back.
         let len = self.priorities.len();
-        if self.priorities.capacity() > 2 * len + 64 {
+        if self.priorities.capacity() > len + len / 4 + 64 {
             self.shrink();
         }
     }

@@ -435,9 +435,15 @@ async fn retry_after_is_honoured_4xx_gives_up_and_old_events_are_dead_lettered()
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(bad.attempts().len(), 1, "a 4xx gives the event up");
 
+    // The counter moves when the attempt ends, the pending gauge once the
+    // entry is gone from the outbox: wait for both.
     wait_until("dead letter", Duration::from_secs(10), || {
         let d = &d;
-        async move { sample(&d.scrape().await, "driftd_outbox_dead_lettered_total", &[]) == Some(1.0) }
+        async move {
+            let scrape = d.scrape().await;
+            sample(&scrape, "driftd_outbox_dead_lettered_total", &[]) == Some(1.0)
+                && sample(&scrape, "driftd_outbox_pending", &[]) == Some(0.0)
+        }
     })
     .await;
     let scrape = d.scrape().await;
