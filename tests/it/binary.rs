@@ -75,6 +75,39 @@ fn check_config_prints_the_effective_configuration() {
     );
 }
 
+/// The allocator runs with the options the README documents (jemalloc's
+/// background thread, freed pages returned after a second), and
+/// `_RJEM_MALLOC_CONF` overrides them. jemalloc prints its options at exit
+/// when asked to (`stats_print`).
+#[test]
+fn the_allocator_returns_freed_pages_after_a_second_unless_told_otherwise() {
+    let options = |conf: &str| {
+        let out = driftd()
+            .arg("check-config")
+            .env("_RJEM_MALLOC_CONF", conf)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let built_in = options("stats_print:true");
+    for line in [
+        "opt.background_thread: true",
+        "opt.dirty_decay_ms: 1000",
+        "opt.muzzy_decay_ms: 0",
+    ] {
+        assert!(
+            built_in.contains(line),
+            "{line:?} not in jemalloc's statistics"
+        );
+    }
+    let overridden = options("stats_print:true,dirty_decay_ms:5000");
+    assert!(
+        overridden.contains("opt.dirty_decay_ms: 5000"),
+        "the environment overrides the built-in options"
+    );
+}
+
 /// Starts the binary on port 0 with JSON logs and returns the child and its
 /// bound gRPC and HTTP addresses, read from the "listening" log lines.
 fn spawn_daemon(data: &std::path::Path) -> (std::process::Child, String, String) {
