@@ -119,11 +119,11 @@ fn positive_finite(s: &str) -> Result<f64, String> {
 
 /// jemalloc rather than the system allocator: the windows free and
 /// reallocate sample vectors of many sizes all day. With the options built
-/// into it (`.cargo/config.toml`; `_RJEM_MALLOC_CONF` overrides them at
-/// run time) its background thread hands freed pages back to the kernel
-/// after about a second, off the writer's thread. In the sizing scenario
-/// mimalloc kept ~100-130 MiB more resident, glibc's malloc more still
-/// (BENCHMARKS.md, memory).
+/// into it (the `background_threads` feature and `.cargo/config.toml`;
+/// `_RJEM_MALLOC_CONF` overrides them at run time) its background thread
+/// hands freed pages back to the kernel after about a second, off the
+/// writer's thread. In the sizing scenario mimalloc kept ~100-130 MiB more
+/// resident, glibc's malloc more still (BENCHMARKS.md, memory).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
