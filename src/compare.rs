@@ -619,7 +619,7 @@ fn body(
 ///
 /// Without those bytes a record is a non-empty line and a field is the text
 /// between commas, which is exactly how the csv reader splits such a file
-/// (it skips empty lines too).
+/// (it skips empty lines too, and a byte order mark at the start).
 fn plain_body(buf: &[u8], n_fields: usize) -> Option<&[u8]> {
     // A branch-free fold per chunk vectorises; an early-exit `any` over the
     // whole file does not.
@@ -630,6 +630,9 @@ fn plain_body(buf: &[u8], n_fields: usize) -> Option<&[u8]> {
     if special {
         return None;
     }
+    // The csv reader drops a UTF-8 byte order mark at the very start of the
+    // file, before it skips empty lines to the header.
+    let buf = buf.strip_prefix(b"\xef\xbb\xbf").unwrap_or(buf);
     let start = buf.iter().position(|&b| b != b'\n')?;
     let rest = &buf[start..];
     let end = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
