@@ -965,75 +965,6 @@ pub fn parse_plain_decimal(s: &[u8]) -> Option<f64> {
     std::str::from_utf8(s).ok()?.parse().ok()
 }
 
-/// Sorts finite values ascending in `f64::total_cmp` order, through
-/// unsigned integer keys with the same order: integer comparisons are
-/// cheaper than `total_cmp`'s, and long columns take an LSD radix sort,
-/// O(n) instead of O(n log n).
-fn sort_floats(values: &mut [f64]) {
-    const SIGN: u64 = 1 << 63;
-    // Negative numbers: flip every bit (larger magnitudes sort first);
-    // others: set the sign bit (above every negative).
-    let key = |x: f64| {
-        let b = x.to_bits();
-        if b & SIGN != 0 {
-            !b
-        } else {
-            b | SIGN
-        }
-    };
-    let unkey = |k: u64| f64::from_bits(if k & SIGN != 0 { k & !SIGN } else { !k });
-    let mut keys: Vec<u64> = values.iter().map(|&x| key(x)).collect();
-    if keys.len() < RADIX_MIN {
-        keys.sort_unstable();
-    } else {
-        radix_sort(&mut keys);
-    }
-    for (v, k) in values.iter_mut().zip(keys) {
-        *v = unkey(k);
-    }
-}
-
-/// Below this length a comparison sort beats the radix sort's fixed cost
-/// (clearing and scanning its six 2048-bucket histograms).
-const RADIX_MIN: usize = 1 << 12;
-
-/// LSD radix sort, 11-bit digits (six passes cover 64 bits), with all
-/// digit histograms counted in one read of the keys. A pass whose digit is
-/// the same for every key is skipped: it would not move anything.
-fn radix_sort(keys: &mut Vec<u64>) {
-    const BITS: usize = 11;
-    const BUCKETS: usize = 1 << BITS;
-    const PASSES: usize = 64usize.div_ceil(BITS);
-    let mask = (BUCKETS - 1) as u64;
-    let n = keys.len();
-    let mut counts = vec![[0usize; BUCKETS]; PASSES];
-    for &k in keys.iter() {
-        for (p, c) in counts.iter_mut().enumerate() {
-            c[((k >> (p * BITS)) & mask) as usize] += 1;
-        }
-    }
-    let mut src = std::mem::take(keys);
-    let mut dst = vec![0u64; n];
-    for (p, c) in counts.iter_mut().enumerate() {
-        if c.contains(&n) {
-            continue;
-        }
-        let mut sum = 0;
-        for slot in c.iter_mut() {
-            let count = *slot;
-            *slot = sum;
-            sum += count;
-        }
-        for &k in &src {
-            let d = ((k >> (p * BITS)) & mask) as usize;
-            dst[c[d]] = k;
-            c[d] += 1;
-        }
-        std::mem::swap(&mut src, &mut dst);
-    }
-    *keys = src;
-}
-
 fn measure(name: &str, pair: Pair, forced: bool, args: &Args) -> Feature {
     let ((mut r, r_missing), (mut c, c_missing)) = match pair {
         Pair::Numeric { r, c } => (r, c),
@@ -1049,8 +980,8 @@ fn measure(name: &str, pair: Pair, forced: bool, args: &Args) -> Feature {
             }
         }
     };
-    sort_floats(&mut r);
-    sort_floats(&mut c);
+    stats::sort_total(&mut r);
+    stats::sort_total(&mut c);
     Feature {
         name: name.to_owned(),
         n_ref: r.len(),

@@ -601,7 +601,9 @@ impl Default for RawStore {
     fn default() -> Self {
         Self {
             path: PathBuf::from("./driftd-data"),
-            cache_capacity_bytes: 64 * 1024 * 1024,
+            // 64 MiB cost ~30-40 MiB more RSS than 16 for no ingest rate
+            // (BENCHMARKS.md, "Memory at 20,000 records/s").
+            cache_capacity_bytes: 16 * 1024 * 1024,
             flush_every_ms: 500,
             on_corruption: OnCorruption::Refuse,
         }

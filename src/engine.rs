@@ -1423,60 +1423,28 @@ async fn evaluate_all(
 ) {
     let started = Instant::now();
     let now = shared.cfg.clock.now_ms();
-    // Under the lock: shared references to the live buckets only (the
-    // writer copies a bucket it changes while shared); everything costly
-    // (merging samples, sorting, statistics) runs on the evaluation thread.
-    let work: Vec<Work> = {
-        let state = lock(&shared.state);
-        state
-            .iter()
-            .map(|(k, v)| {
-                let total = v.meta.records_ingested;
-                let windows = v
-                    .windows
-                    .iter()
-                    .map(|w| {
-                        let name = w.spec().name.clone();
-                        let reference = match &v.live {
-                            None => RefSrc::Fixed(v.reference.clone()),
-                            Some(lv) => RefSrc::Live(
-                                state
-                                    .get(&ModelKey {
-                                        model: k.model.clone(),
-                                        version: lv.clone(),
-                                    })
-                                    .and_then(|o| {
-                                        let t = o.meta.records_ingested;
-                                        o.windows
-                                            .iter()
-                                            .find(|ow| ow.spec().name == name)
-                                            .map(|ow| (ow.live_copy(now, t), t))
-                                    }),
-                            ),
-                        };
-                        (name, w.live_copy(now, total), reference)
-                    })
-                    .collect();
-                Work {
-                    key: k.clone(),
-                    total,
-                    windows,
-                }
-            })
-            .collect()
-    };
-    let cfg = shared.cfg.clone();
-    let reports = thread
-        .run(move || {
-            work.into_iter()
-                .map(|w| evaluate_version(w, &cfg, now))
-                .collect::<Vec<_>>()
-        })
-        .await;
-    let Some(reports) = reports else {
-        tracing::error!("Evaluation failed (the evaluation thread panicked)");
-        return;
-    };
+    // One version at a time: under the lock, shared references to its live
+    // buckets only; everything costly (merging samples, sorting,
+    // statistics) runs on the evaluation thread. While a copy is held, the
+    // writer copies each bucket it changes, so holding one version's copies
+    // at a time (not every version's, for the whole round) bounds that
+    // extra memory to one version's windows.
+    let keys: Vec<ModelKey> = lock(&shared.state).keys().cloned().collect();
+    let cfg = Arc::new(shared.cfg.clone());
+    let mut reports = Vec::with_capacity(keys.len());
+    for key in keys {
+        let Some(work) = work_of(&lock(&shared.state), &key, now) else {
+            continue;
+        };
+        let cfg = cfg.clone();
+        match thread.run(move || evaluate_version(work, &cfg, now)).await {
+            Some(report) => reports.push(report),
+            None => {
+                tracing::error!("Evaluation failed (the evaluation thread panicked)");
+                return;
+            }
+        }
+    }
     let mut events = Vec::new();
     let mut rules_changed = false;
     {
@@ -1629,6 +1597,44 @@ async fn evaluate_all(
         .observe(started.elapsed().as_secs_f64());
 }
 
+/// `key`'s windows as the evaluator needs them: shared references to the
+/// live buckets, and what each window is compared with. `None` when the
+/// version is gone.
+fn work_of(state: &BTreeMap<ModelKey, VersionState>, key: &ModelKey, now: i64) -> Option<Work> {
+    let v = state.get(key)?;
+    let total = v.meta.records_ingested;
+    let windows = v
+        .windows
+        .iter()
+        .map(|w| {
+            let name = w.spec().name.clone();
+            let reference = match &v.live {
+                None => RefSrc::Fixed(v.reference.clone()),
+                Some(lv) => RefSrc::Live(
+                    state
+                        .get(&ModelKey {
+                            model: key.model.clone(),
+                            version: lv.clone(),
+                        })
+                        .and_then(|o| {
+                            let t = o.meta.records_ingested;
+                            o.windows
+                                .iter()
+                                .find(|ow| ow.spec().name == name)
+                                .map(|ow| (ow.live_copy(now, t), t))
+                        }),
+                ),
+            };
+            (name, w.live_copy(now, total), reference)
+        })
+        .collect();
+    Some(Work {
+        key: key.clone(),
+        total,
+        windows,
+    })
+}
+
 /// Copies of one version's windows and references, taken under the lock.
 struct Work {
     key: ModelKey,
@@ -1657,7 +1663,9 @@ struct Evaluated {
 /// Statistics of every window, then every rule on the window it judges;
 /// runs off the lock.
 fn evaluate_version(w: Work, cfg: &EngineConfig, now: i64) -> Evaluated {
-    let mut windows: Vec<(String, Report, Option<Arc<Reference>>)> = w
+    // Every window's snapshot first, so the live copies (and the buckets
+    // the writer must copy while they are held) go before the statistics.
+    let snaps: Vec<(String, Snapshot, Option<Arc<Reference>>)> = w
         .windows
         .into_iter()
         .map(|(name, win, src)| {
@@ -1670,7 +1678,12 @@ fn evaluate_version(w: Work, cfg: &EngineConfig, now: i64) -> Evaluated {
                     ))
                 }),
             };
-            let snap: Snapshot = win.snapshot(now, w.total);
+            (name, win.snapshot(now, w.total), reference)
+        })
+        .collect();
+    let mut windows: Vec<(String, Report, Option<Arc<Reference>>)> = snaps
+        .into_iter()
+        .map(|(name, snap, reference)| {
             let report = detector::evaluate(reference.as_deref(), &snap, cfg);
             (name, report, reference)
         })

@@ -324,7 +324,9 @@ impl Bucket {
             }
         }
         let before = self.priorities.len();
+        reserve_gently(&mut self.priorities, d.priorities.len());
         self.priorities.extend_from_slice(&d.priorities);
+        let len = self.priorities.len();
         for col in self.values.values_mut() {
             col.resize(before, f64::NAN);
         }
@@ -333,10 +335,11 @@ impl Bucket {
                 .values
                 .entry(name.clone())
                 .or_insert_with(|| vec![f64::NAN; before]);
+            reserve_gently(col, len - before);
             col.extend_from_slice(v);
         }
-        let len = self.priorities.len();
         for col in self.values.values_mut() {
+            reserve_gently(col, len - col.len());
             col.resize(len, f64::NAN);
         }
         // A delta kept its rows under its own threshold; the bucket's may
@@ -387,7 +390,7 @@ impl Bucket {
         }
         // Pruning is how memory stays bounded: give the space back.
         let len = self.priorities.len();
-        if self.priorities.capacity() > len + len / 4 + 64 {
+        if self.priorities.capacity() > len + len / 8 + 8 {
             self.shrink();
         }
     }
@@ -398,6 +401,16 @@ impl Bucket {
         for col in self.values.values_mut() {
             col.shrink_to_fit();
         }
+    }
+}
+
+/// Makes room for `additional` more elements, growing the capacity by at
+/// least a quarter when it must grow: a sample's vectors then hold at most
+/// ~25% unused space, where `Vec`'s doubling leaves up to 100% (that was
+/// the peak at start-up, when a window's first bucket takes every row).
+fn reserve_gently<T>(v: &mut Vec<T>, additional: usize) {
+    if v.capacity() - v.len() < additional {
+        v.reserve_exact(additional.max(v.len() / 4));
     }
 }
 
@@ -823,6 +836,9 @@ impl Window {
                 rows.truncate(k);
             }
         }
+        // Grouped by bucket, so each feature's column is looked up once per
+        // bucket, not once per row.
+        rows.sort_unstable_by_key(|&(_, bi, ri)| (bi, ri));
         let mut features: BTreeMap<String, FeatureSample> = BTreeMap::new();
         let mut partial_bins: BTreeSet<String> = BTreeSet::new();
         let mut others: BTreeMap<String, u64> = BTreeMap::new();
@@ -890,14 +906,18 @@ impl Window {
                         *bins = None;
                     }
                     sample.reserve(rows.len());
-                    for &(_, bi, ri) in &rows {
-                        if let Some(x) = live[bi].values.get(name).map(|v| v[ri]) {
-                            if x.is_finite() {
-                                sample.push(x);
-                            }
-                        }
+                    for group in rows.chunk_by(|a, b| a.1 == b.1) {
+                        let Some(column) = live[group[0].1].values.get(name) else {
+                            continue;
+                        };
+                        sample.extend(
+                            group
+                                .iter()
+                                .map(|&(_, _, ri)| column[ri])
+                                .filter(|x| x.is_finite()),
+                        );
                     }
-                    sample.sort_unstable_by(f64::total_cmp);
+                    stats::sort_total(sample);
                 }
                 SampleData::Categorical(c) => {
                     let mut other = others.get(name).copied().unwrap_or(0);

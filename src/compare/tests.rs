@@ -95,29 +95,6 @@ fn parse_plain_decimal_is_correctly_rounded_and_exact_to_the_pattern() {
 }
 
 #[test]
-fn sort_floats_orders_like_total_cmp() {
-    let mut v = vec![
-        3.5,
-        -0.0,
-        0.0,
-        -1e300,
-        1e-300,
-        -2.5,
-        7.0,
-        -7.0,
-        0.0,
-        f64::MIN_POSITIVE,
-    ];
-    let mut want = v.clone();
-    want.sort_unstable_by(f64::total_cmp);
-    sort_floats(&mut v);
-    assert_eq!(
-        v.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-        want.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
-    );
-}
-
-#[test]
 fn sorted_bin_counts_agree_with_stats_bin_counts() {
     let values: Vec<f64> = (0..200).map(|i| ((i * 37) % 101) as f64 / 7.0).collect();
     let mut sorted = values.clone();
@@ -290,33 +267,6 @@ fn table_lists_every_column() {
         "{table}"
     );
     assert!(lines[2].contains("categorical"));
-}
-
-#[test]
-fn radix_sort_orders_like_total_cmp() {
-    // Long enough for the radix path, with duplicates, both zeros and both
-    // signs.
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    let mut v: Vec<f64> = (0..3 * RADIX_MIN)
-        .map(|i| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            match i % 7 {
-                0 => 0.0,
-                1 => -0.0,
-                2 => (seed % 50) as f64 - 25.0,
-                _ => f64::from_bits(seed >> 2) * if seed & 1 == 0 { 1.0 } else { -1.0 },
-            }
-        })
-        .collect();
-    let mut want = v.clone();
-    want.sort_unstable_by(f64::total_cmp);
-    sort_floats(&mut v);
-    assert_eq!(
-        v.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-        want.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
-    );
 }
 
 #[test]

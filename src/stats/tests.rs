@@ -636,3 +636,53 @@ fn fused_pass_equals_separate_functions_at_the_detectors_sizes() {
     assert_eq!(fused_matches_separate(&r, &q), Ok(()));
     assert_eq!(fused_matches_separate(&q, &r), Ok(()));
 }
+
+#[test]
+fn sort_total_orders_like_total_cmp() {
+    let mut v = vec![
+        3.5,
+        -0.0,
+        0.0,
+        -1e300,
+        1e-300,
+        -2.5,
+        7.0,
+        -7.0,
+        0.0,
+        f64::MIN_POSITIVE,
+    ];
+    let mut want = v.clone();
+    want.sort_unstable_by(f64::total_cmp);
+    sort_total(&mut v);
+    assert_eq!(
+        v.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+        want.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn radix_sort_orders_like_total_cmp() {
+    // Long enough for the radix path, with duplicates, both zeros and both
+    // signs.
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut v: Vec<f64> = (0..3 * RADIX_MIN)
+        .map(|i| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            match i % 7 {
+                0 => 0.0,
+                1 => -0.0,
+                2 => (seed % 50) as f64 - 25.0,
+                _ => f64::from_bits(seed >> 2) * if seed & 1 == 0 { 1.0 } else { -1.0 },
+            }
+        })
+        .collect();
+    let mut want = v.clone();
+    want.sort_unstable_by(f64::total_cmp);
+    sort_total(&mut v);
+    assert_eq!(
+        v.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+        want.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+    );
+}

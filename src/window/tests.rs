@@ -316,6 +316,55 @@ fn a_steady_stream_keeps_about_k_rows_and_a_full_sample() {
 }
 
 #[test]
+fn a_growing_bucket_holds_at_most_a_quarter_more_space_than_rows() {
+    // Every row is kept (the sample is larger than the stream), all into
+    // one bucket, a few rows at a time: the case where `Vec`'s doubling
+    // would leave up to twice the space the rows need.
+    let spec = WindowSpec::parse("1h/1m").unwrap();
+    let limits = Limits {
+        sample_size: 100_000,
+        max_categories: 10,
+    };
+    let mut w = Window::new(spec, limits, Arc::new(binning()), SEED);
+    let mut total = 0;
+    for step in 0..400u64 {
+        let xs: Vec<f64> = (0..7).map(|i| (step * 7 + i) as f64).collect();
+        w.apply(
+            &batch(xs, vec!["k1".to_string(); 7]),
+            0,
+            1_000,
+            total,
+            &mut Changes::default(),
+        );
+        total += 7;
+        for b in w.buckets.values() {
+            let len = b.priorities.len();
+            let bound = len + len / 4 + 8;
+            assert!(
+                b.priorities.capacity() <= bound,
+                "priorities: {} for {len} rows",
+                b.priorities.capacity()
+            );
+            for (name, col) in &b.values {
+                assert_eq!(col.len(), len, "{name}");
+                assert!(
+                    col.capacity() <= bound,
+                    "{name}: {} for {len} rows",
+                    col.capacity()
+                );
+            }
+        }
+    }
+    assert_eq!(
+        w.buckets
+            .values()
+            .map(|b| b.priorities.len())
+            .sum::<usize>(),
+        2800
+    );
+}
+
+#[test]
 fn a_live_copy_is_a_point_in_time_copy_that_shares_unchanged_buckets() {
     let spec = WindowSpec::parse("1m/10s").unwrap();
     let limits = Limits {
