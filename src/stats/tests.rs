@@ -637,9 +637,21 @@ fn fused_pass_equals_separate_functions_at_the_detectors_sizes() {
     assert_eq!(fused_matches_separate(&q, &r), Ok(()));
 }
 
+/// `sort_total` leaves `v` with the same bits in the same order as
+/// `sort_unstable_by(f64::total_cmp)`.
+fn assert_sorts_like_total_cmp(mut v: Vec<f64>) {
+    let mut want = v.clone();
+    want.sort_unstable_by(f64::total_cmp);
+    sort_total(&mut v);
+    assert_eq!(
+        v.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+        want.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+    );
+}
+
 #[test]
 fn sort_total_orders_like_total_cmp() {
-    let mut v = vec![
+    let v = vec![
         3.5,
         -0.0,
         0.0,
@@ -651,13 +663,7 @@ fn sort_total_orders_like_total_cmp() {
         0.0,
         f64::MIN_POSITIVE,
     ];
-    let mut want = v.clone();
-    want.sort_unstable_by(f64::total_cmp);
-    sort_total(&mut v);
-    assert_eq!(
-        v.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-        want.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
-    );
+    assert_sorts_like_total_cmp(v);
 }
 
 #[test]
@@ -665,7 +671,7 @@ fn radix_sort_orders_like_total_cmp() {
     // Long enough for the radix path, with duplicates, both zeros and both
     // signs.
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    let mut v: Vec<f64> = (0..3 * RADIX_MIN)
+    let v: Vec<f64> = (0..3 * RADIX_MIN)
         .map(|i| {
             seed ^= seed << 13;
             seed ^= seed >> 7;
@@ -678,11 +684,5 @@ fn radix_sort_orders_like_total_cmp() {
             }
         })
         .collect();
-    let mut want = v.clone();
-    want.sort_unstable_by(f64::total_cmp);
-    sort_total(&mut v);
-    assert_eq!(
-        v.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-        want.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
-    );
+    assert_sorts_like_total_cmp(v);
 }
