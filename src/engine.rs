@@ -1430,14 +1430,16 @@ async fn evaluate_all(
     // at a time (not every version's, for the whole round) bounds that
     // extra memory to one version's windows.
     let keys: Vec<ModelKey> = lock(&shared.state).keys().cloned().collect();
-    let cfg = Arc::new(shared.cfg.clone());
     let mut reports = Vec::with_capacity(keys.len());
     for key in keys {
         let Some(work) = work_of(&lock(&shared.state), &key, now) else {
             continue;
         };
-        let cfg = cfg.clone();
-        match thread.run(move || evaluate_version(work, &cfg, now)).await {
+        let shared = shared.clone();
+        match thread
+            .run(move || evaluate_version(work, &shared.cfg, now))
+            .await
+        {
             Some(report) => reports.push(report),
             None => {
                 tracing::error!("Evaluation failed (the evaluation thread panicked)");
