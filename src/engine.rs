@@ -14,11 +14,12 @@
 //! engine knows tokio but not tonic, HTTP or sled.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant, UNIX_EPOCH},
 };
 
+use prometheus::IntCounter;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -209,6 +210,38 @@ struct VersionState {
     rules: BTreeMap<String, Tracker>,
     /// Rule outcomes of the last evaluation.
     last_outcomes: Vec<Outcome>,
+    /// The version's ingest counters, looked up by label once.
+    counters: Option<IngestCounters>,
+}
+
+/// One version's series of the ingest counters, kept so that a batch does
+/// not look every feature's series up by its labels again.
+struct IngestCounters {
+    records: IntCounter,
+    batches: IntCounter,
+    missing: HashMap<String, IntCounter>,
+}
+
+/// What an acknowledged batch adds to the ingest counters.
+struct Counts {
+    records: IntCounter,
+    batches: IntCounter,
+    rows: u64,
+    /// Per column: its series and its missing values.
+    missing: Vec<(IntCounter, u64)>,
+}
+
+impl Counts {
+    /// Adds the batch, once it is acknowledged.
+    fn add(self) {
+        self.records.inc_by(self.rows);
+        self.batches.inc();
+        for (c, n) in self.missing {
+            if n > 0 {
+                c.inc_by(n);
+            }
+        }
+    }
 }
 
 /// The status of one model version, as the status RPC and JSON API show it.
@@ -722,6 +755,7 @@ impl VersionState {
             last_eval_ms: None,
             rules: BTreeMap::new(),
             last_outcomes: Vec::new(),
+            counters: None,
         }
     }
 
@@ -995,10 +1029,11 @@ async fn run_writer(
                         &mut state,
                         &shared.cfg,
                         &store,
+                        &metrics,
                         &batch,
                         producer.as_ref(),
                     ) {
-                        Ok(a) => ingest_acks.push((ack, a, enqueued, batch)),
+                        Ok((a, counts)) => ingest_acks.push((ack, a, enqueued, counts)),
                         Err(e) => {
                             let _ = ack.send(Err(e));
                         }
@@ -1033,9 +1068,9 @@ async fn run_writer(
         match store.flush().await {
             Ok(elapsed) => {
                 metrics.store_flush_duration.observe(elapsed.as_secs_f64());
-                for (ack, a, enqueued, batch) in ingest_acks {
-                    if !a.duplicate {
-                        count_ingest(&metrics, &batch);
+                for (ack, a, enqueued, counts) in ingest_acks {
+                    if let Some(c) = counts {
+                        c.add();
                     }
                     metrics
                         .ingest_ack_duration
@@ -1107,32 +1142,14 @@ async fn recover(shared: &Shared, store: &Store, metrics: &Metrics, last: &mut O
     }
 }
 
-fn count_ingest(metrics: &Metrics, batch: &Batch) {
-    let labels = [batch.key.model.as_str(), batch.key.version.as_str()];
-    metrics
-        .ingest_records
-        .with_label_values(&labels)
-        .inc_by(batch.n_rows as u64);
-    metrics.ingest_batches.with_label_values(&labels).inc();
-    for col in &batch.columns {
-        let n = col.values.n_missing();
-        let c =
-            metrics
-                .missing_values
-                .with_label_values(&[labels[0], labels[1], col.name.as_str()]);
-        if n > 0 {
-            c.inc_by(n);
-        }
-    }
-}
-
 fn write_batch(
     state: &mut BTreeMap<ModelKey, VersionState>,
     cfg: &EngineConfig,
     store: &Store,
+    metrics: &Metrics,
     batch: &Batch,
     producer: Option<&Producer>,
-) -> Result<IngestAck, Error> {
+) -> Result<(IngestAck, Option<Counts>), Error> {
     check_room(state, &cfg.limits, &batch.key)?;
     // Checked before the version is created, so a refused batch registers
     // nothing.
@@ -1156,11 +1173,14 @@ fn write_batch(
             .get(&p.id)
             .is_some_and(|&last| p.sequence <= last)
         {
-            return Ok(IngestAck {
-                records: batch.n_rows as u64,
-                missing_values: batch.n_missing(),
-                duplicate: true,
-            });
+            return Ok((
+                IngestAck {
+                    records: batch.n_rows as u64,
+                    missing_values: batch.n_missing(),
+                    duplicate: true,
+                },
+                None,
+            ));
         }
     }
     v.check(batch)?;
@@ -1246,11 +1266,60 @@ fn write_batch(
     commit.meta = meta.clone();
     store.commit(&batch.key, &commit)?;
     v.meta = meta;
-    Ok(IngestAck {
-        records: batch.n_rows as u64,
-        missing_values: batch.n_missing(),
-        duplicate: false,
-    })
+    // Missing values per column, from the windows' aggregation where it
+    // covered the whole column: one pass over the values, not two.
+    let missing: Vec<u64> = batch
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            prepared
+                .as_ref()
+                .and_then(|p| p.missing(i))
+                .unwrap_or_else(|| c.values.n_missing())
+        })
+        .collect();
+    let counters = v.counters.get_or_insert_with(|| {
+        let labels = [batch.key.model.as_str(), batch.key.version.as_str()];
+        IngestCounters {
+            records: metrics.ingest_records.with_label_values(&labels),
+            batches: metrics.ingest_batches.with_label_values(&labels),
+            missing: HashMap::new(),
+        }
+    });
+    let counts = Counts {
+        records: counters.records.clone(),
+        batches: counters.batches.clone(),
+        rows: batch.n_rows as u64,
+        missing: batch
+            .columns
+            .iter()
+            .zip(&missing)
+            .map(|(c, &n)| {
+                let series = match counters.missing.get(&c.name) {
+                    Some(s) => s.clone(),
+                    None => {
+                        let s = metrics.missing_values.with_label_values(&[
+                            batch.key.model.as_str(),
+                            batch.key.version.as_str(),
+                            c.name.as_str(),
+                        ]);
+                        counters.missing.insert(c.name.clone(), s.clone());
+                        s
+                    }
+                };
+                (series, n)
+            })
+            .collect(),
+    };
+    Ok((
+        IngestAck {
+            records: batch.n_rows as u64,
+            missing_values: missing.iter().sum(),
+            duplicate: false,
+        },
+        Some(counts),
+    ))
 }
 
 fn write_reference(

@@ -957,6 +957,18 @@ pub struct Prepared {
     columns: Vec<Option<(u64, AggData)>>,
 }
 
+impl Prepared {
+    /// Missing values of column `col` of the batch, when it is numeric and
+    /// this was prepared from its first row (`skip` 0): the count the
+    /// aggregation already made.
+    pub fn missing(&self, col: usize) -> Option<u64> {
+        match self.columns.get(col) {
+            Some(Some((missing, _))) if self.skip == 0 => Some(*missing),
+            _ => None,
+        }
+    }
+}
+
 /// Missing count and aggregates of numeric values over `edges`.
 fn numeric_agg(v: &[f64], edges: Option<&Vec<f64>>) -> (u64, AggData) {
     let mut bins = edges.map(|e| vec![0u64; e.len() + 1]).unwrap_or_default();

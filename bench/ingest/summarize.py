@@ -29,8 +29,10 @@ def main(path):
         if r["label"].startswith("unary"):
             lat = r["latency"]
             print()
+            target = r.get("target_records_per_s")
+            at = f"{target:.0f} records/s" if target else "full speed"
             print(
-                f"unary IngestBatch at {r['target_records_per_s']:.0f} records/s "
+                f"unary IngestBatch ({r['label']}) at {at} "
                 f"({r['records_per_s']:.0f} achieved, {r['rows']} rows x {r['features']} features): "
                 f"p50 {lat['p50_ms']:.3f} ms, p99 {lat['p99_ms']:.3f} ms, p99.9 {lat['p999_ms']:.3f} ms, "
                 f"max {lat['max_ms']:.3f} ms over {lat['count']} acknowledgements; errors {r['errors'] or 'none'}; "

@@ -1129,3 +1129,65 @@ async fn the_stream_limit_is_advertised_to_clients() {
     assert_eq!(records(&mut client, "m", "v").await, 21);
     d.stop().await.unwrap();
 }
+
+/// Missing values are counted over the whole batch, also when the batch
+/// completes the warm-up reference and only its later rows enter the
+/// windows (their aggregation then sees only those rows), and for both
+/// kinds; the counter and the acknowledgement agree.
+#[tokio::test]
+async fn missing_values_are_counted_over_every_row_of_a_batch_that_ends_the_warm_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = TestDaemon::start(test_config(
+        dir.path(),
+        &[("DRIFTD_REFERENCE__WARMUP_SAMPLES", "3".into())],
+    ))
+    .await;
+    let mut client = d.client().await;
+    let send = |x: Vec<f64>, c: Vec<&str>| {
+        batch(
+            "m",
+            "v",
+            vec![
+                numeric("x", ColumnRole::Input, x),
+                categorical("c", c.into_iter().map(String::from).collect()),
+            ],
+        )
+    };
+    // Rows 0-2 form the reference, rows 3-4 enter the windows: the NaN of
+    // row 0 and the empty category of row 1 are in the first part.
+    let ack = client
+        .ingest_batch(send(
+            vec![f64::NAN, 1.0, 2.0, 3.0, f64::INFINITY],
+            vec!["a", "", "b", "a", "b"],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ack.missing_values, 3);
+    // A batch wholly in the windows.
+    let ack = client
+        .ingest_batch(send(vec![f64::NAN, 5.0], vec!["", ""]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ack.missing_values, 3);
+    let scrape = d.scrape().await;
+    let missing = |feature: &str| {
+        sample(
+            &scrape,
+            "driftd_missing_values_total",
+            &[("model", "m"), ("version", "v"), ("feature", feature)],
+        )
+    };
+    assert_eq!(missing("x"), Some(3.0));
+    assert_eq!(missing("c"), Some(3.0));
+    assert_eq!(
+        sample(&scrape, "driftd_ingest_records_total", &[("model", "m")]),
+        Some(7.0)
+    );
+    assert_eq!(
+        sample(&scrape, "driftd_ingest_batches_total", &[("model", "m")]),
+        Some(2.0)
+    );
+    d.stop().await.unwrap();
+}
