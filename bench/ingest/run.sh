@@ -45,9 +45,10 @@ done
 # Unary latency at a tenth of the peak of the same request shape: 100-row
 # IngestBatch calls (as a model server sends per request), first at full
 # speed from 64 concurrent callers, then at a tenth of the records/s that
-# reached, from 4. (A tenth of the streaming peak above, in 1000-row
-# batches, is as many batches per second as that peak: the writer's cost
-# per batch is then the load, not a tenth of it.)
+# reached, from 4, against the decode-only baseline and against driftd.
+# (A tenth of the streaming peak above, in 1000-row batches, is as many
+# batches per second as that peak: the writer's cost per batch is then the
+# load, not a tenth of it.)
 store=$(mktemp -d /tmp/driftd-bench-store.XXXXXX)
 # shellcheck disable=SC2046
 "$LOADGEN" run --addr "http://$GRPC" --mode unary --streams 64 --rows "${UNARY_ROWS:-100}" --features 50 \
@@ -61,6 +62,11 @@ print([r["records_per_s"] for r in rs if r["label"] == "unary-peak"][-1])
 PY
 )
 rate=$(python3 -c "print(round($peak / 10))")
+# The decode-only baseline under the same unary load: the latency floor of
+# the client, HTTP/2 and decoding on this machine.
+"$LOADGEN" run --addr "http://$GRPC" --mode unary --streams 4 --rows "${UNARY_ROWS:-100}" --features 50 \
+    --rate "$rate" --warmup "$WARMUP" --duration "$DURATION" \
+    --json --label "unary-10pct-baseline" -- "$LOADGEN" baseline --addr $GRPC >>"$OUT"
 store=$(mktemp -d /tmp/driftd-bench-store.XXXXXX)
 # shellcheck disable=SC2046
 "$LOADGEN" run --addr "http://$GRPC" --mode unary --streams 4 --rows "${UNARY_ROWS:-100}" --features 50 \

@@ -36,7 +36,7 @@ def main(path):
                 f"({r['records_per_s']:.0f} achieved, {r['rows']} rows x {r['features']} features): "
                 f"p50 {lat['p50_ms']:.3f} ms, p99 {lat['p99_ms']:.3f} ms, p99.9 {lat['p999_ms']:.3f} ms, "
                 f"max {lat['max_ms']:.3f} ms over {lat['count']} acknowledgements; errors {r['errors'] or 'none'}; "
-                f"driftd CPU {r['daemon']['cpu_cores']:.2f} cores"
+                f"server CPU {r['daemon']['cpu_cores']:.2f} cores"
             )
     for r in reports:
         if r.get("errors"):
