@@ -1266,8 +1266,9 @@ fn write_batch(
     commit.meta = meta.clone();
     store.commit(&batch.key, &commit)?;
     v.meta = meta;
-    // Missing values per column, from the windows' aggregation where it
-    // covered the whole column: one pass over the values, not two.
+    // Missing values per column: the windows' aggregation counted them
+    // where it covered the whole column; only other columns take a pass of
+    // their own (before, every column took two).
     let missing: Vec<u64> = batch
         .columns
         .iter()
