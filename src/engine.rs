@@ -1266,20 +1266,6 @@ fn write_batch(
     commit.meta = meta.clone();
     store.commit(&batch.key, &commit)?;
     v.meta = meta;
-    // Missing values per column: the windows' aggregation counted them
-    // where it covered the whole column; only other columns take a pass of
-    // their own (before, every column took two).
-    let missing: Vec<u64> = batch
-        .columns
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            prepared
-                .as_ref()
-                .and_then(|p| p.missing(i))
-                .unwrap_or_else(|| c.values.n_missing())
-        })
-        .collect();
     let counters = v.counters.get_or_insert_with(|| {
         let labels = [batch.key.model.as_str(), batch.key.version.as_str()];
         IngestCounters {
@@ -1288,39 +1274,45 @@ fn write_batch(
             missing: HashMap::new(),
         }
     });
+    // Missing values per column: the windows' aggregation counted them
+    // where it covered the whole column; only other columns take a pass of
+    // their own (before, every column took two).
+    let missing: Vec<(IntCounter, u64)> = batch
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let n = prepared
+                .as_ref()
+                .and_then(|p| p.missing(i))
+                .unwrap_or_else(|| c.values.n_missing());
+            let series = match counters.missing.get(&c.name) {
+                Some(s) => s.clone(),
+                None => {
+                    let s = metrics.missing_values.with_label_values(&[
+                        batch.key.model.as_str(),
+                        batch.key.version.as_str(),
+                        c.name.as_str(),
+                    ]);
+                    counters.missing.insert(c.name.clone(), s.clone());
+                    s
+                }
+            };
+            (series, n)
+        })
+        .collect();
+    let ack = IngestAck {
+        records: batch.n_rows as u64,
+        missing_values: missing.iter().map(|(_, n)| n).sum(),
+        duplicate: false,
+    };
     let counts = Counts {
         records: counters.records.clone(),
         batches: counters.batches.clone(),
         rows: batch.n_rows as u64,
-        missing: batch
-            .columns
-            .iter()
-            .zip(&missing)
-            .map(|(c, &n)| {
-                let series = match counters.missing.get(&c.name) {
-                    Some(s) => s.clone(),
-                    None => {
-                        let s = metrics.missing_values.with_label_values(&[
-                            batch.key.model.as_str(),
-                            batch.key.version.as_str(),
-                            c.name.as_str(),
-                        ]);
-                        counters.missing.insert(c.name.clone(), s.clone());
-                        s
-                    }
-                };
-                (series, n)
-            })
-            .collect(),
+        missing,
     };
-    Ok((
-        IngestAck {
-            records: batch.n_rows as u64,
-            missing_values: missing.iter().sum(),
-            duplicate: false,
-        },
-        Some(counts),
-    ))
+    Ok((ack, Some(counts)))
 }
 
 fn write_reference(
