@@ -16,7 +16,8 @@ use driftd::{
     domain::{Batch, Column, ModelKey, Role, Values},
     reference::{self, Reference},
     stats,
-    window::{Changes, FeatureSample, Limits, SampleData, Snapshot, Window, WindowSpec},
+    store::{Commit, Store},
+    window::{Bucket, Changes, FeatureSample, Limits, SampleData, Snapshot, Window, WindowSpec},
 };
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -339,8 +340,19 @@ fn evaluation(c: &mut Criterion) {
         })
     });
     // What the evaluator does before that, per window: copy the live
-    // buckets, merge them and sort the sample (a 5m window at 40,000
-    // records/s, 100 features).
+    // buckets, read the closed buckets' sampled values back from the store,
+    // merge them and sort the sample (a 5m window at 40,000 records/s, 100
+    // features). The store is sled in a temporary directory, holding what
+    // the writer stores when a bucket closes, is pruned or leaves.
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut store_cfg = Config::default().store;
+    store_cfg.path = dir.path().join("data");
+    let store = Store::open(&store_cfg).unwrap_or_else(|e| panic!("{e}"));
+    let key = ModelKey {
+        model: "m".into(),
+        version: "v".into(),
+    };
+    let mut in_memory: BTreeMap<u64, Bucket> = BTreeMap::new();
     let binning = Arc::new(reference.binning());
     let limits = Limits {
         sample_size: 10_000,
@@ -356,7 +368,37 @@ fn evaluation(c: &mut Criterion) {
         w.apply(&batches[i % batches.len()], 0, now, row, &mut ch);
         now += 25;
         row += 1000;
+        let name = &w.spec().name;
+        let commit = Commit {
+            wholes: ch
+                .closed
+                .iter()
+                .map(|(id, b)| (name.clone(), *id, b.clone()))
+                .collect(),
+            taus: ch
+                .pruned
+                .iter()
+                .map(|(id, t)| (name.clone(), *id, *t))
+                .collect(),
+            removed: ch.removed.iter().map(|id| (name.clone(), *id)).collect(),
+            ..Commit::default()
+        };
+        if !(commit.wholes.is_empty() && commit.taus.is_empty() && commit.removed.is_empty()) {
+            store
+                .commit(&key, &commit)
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        in_memory.extend(ch.closed);
+        for id in ch.removed {
+            in_memory.remove(&id);
+        }
     }
+    let name = w.spec().name.clone();
+    let from_store = |id| {
+        store
+            .read_whole(&key, &name, id)
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
     // What the evaluator does under the engine's lock.
     g.bench_function("live_copy_5m_100_features", |b| {
         b.iter(|| w.live_copy(now, row))
@@ -364,10 +406,25 @@ fn evaluation(c: &mut Criterion) {
     g.bench_function("live_copy_and_snapshot_5m_100_features", |b| {
         b.iter_batched(
             || (),
-            |()| w.live_copy(now, row).snapshot(now, row),
+            |()| w.live_copy(now, row).snapshot(now, row, &from_store),
             BatchSize::SmallInput,
         )
     });
+    // The same with the closed buckets' values in memory: what reading
+    // them back from sled costs is the difference.
+    g.bench_function(
+        "live_copy_and_snapshot_5m_100_features_values_in_memory",
+        |b| {
+            b.iter_batched(
+                || (),
+                |()| {
+                    w.live_copy(now, row)
+                        .snapshot(now, row, &|id| in_memory.get(&id).cloned())
+                },
+                BatchSize::SmallInput,
+            )
+        },
+    );
     g.finish();
 }
 

@@ -1254,11 +1254,14 @@ fn write_batch(
         commit
             .taus
             .extend(ch.pruned.into_iter().map(|(b, t)| (name.clone(), b, t)));
-        for id in ch.closed {
-            if let Some(b) = w.bucket(id) {
-                commit.wholes.push((name.clone(), id, b.clone()));
-            }
-        }
+        commit
+            .rewrites
+            .extend(ch.rewrite.into_iter().map(|(b, t)| (name.clone(), b, t)));
+        commit.wholes.extend(
+            ch.closed
+                .into_iter()
+                .map(|(id, whole)| (name.clone(), id, whole)),
+        );
         commit
             .removed
             .extend(ch.removed.into_iter().map(|b| (name.clone(), b)));
@@ -1498,8 +1501,9 @@ async fn evaluate_all(
             continue;
         };
         let shared = shared.clone();
+        let store = store.clone();
         match thread
-            .run(move || evaluate_version(work, &shared.cfg, now))
+            .run(move || evaluate_version(work, &shared.cfg, &store, now))
             .await
         {
             Some(report) => reports.push(report),
@@ -1674,20 +1678,19 @@ fn work_of(state: &BTreeMap<ModelKey, VersionState>, key: &ModelKey, now: i64) -
             let name = w.spec().name.clone();
             let reference = match &v.live {
                 None => RefSrc::Fixed(v.reference.clone()),
-                Some(lv) => RefSrc::Live(
-                    state
-                        .get(&ModelKey {
-                            model: key.model.clone(),
-                            version: lv.clone(),
-                        })
-                        .and_then(|o| {
-                            let t = o.meta.records_ingested;
-                            o.windows
-                                .iter()
-                                .find(|ow| ow.spec().name == name)
-                                .map(|ow| (ow.live_copy(now, t), t))
-                        }),
-                ),
+                Some(lv) => {
+                    let okey = ModelKey {
+                        model: key.model.clone(),
+                        version: lv.clone(),
+                    };
+                    RefSrc::Live(state.get(&okey).and_then(|o| {
+                        let t = o.meta.records_ingested;
+                        o.windows
+                            .iter()
+                            .find(|ow| ow.spec().name == name)
+                            .map(|ow| (okey.clone(), ow.live_copy(now, t), t))
+                    }))
+                }
             };
             (name, w.live_copy(now, total), reference)
         })
@@ -1711,8 +1714,9 @@ struct Work {
 enum RefSrc {
     /// The version's own reference, if formed.
     Fixed(Option<Arc<Reference>>),
-    /// The same window of another version, and that version's record count.
-    Live(Option<(Window, u64)>),
+    /// The same window of another version: that version, the window and
+    /// the version's record count.
+    Live(Option<(ModelKey, Window, u64)>),
 }
 
 /// One version's evaluation.
@@ -1726,7 +1730,17 @@ struct Evaluated {
 
 /// Statistics of every window, then every rule on the window it judges;
 /// runs off the lock.
-fn evaluate_version(w: Work, cfg: &EngineConfig, now: i64) -> Evaluated {
+fn evaluate_version(w: Work, cfg: &EngineConfig, store: &Store, now: i64) -> Evaluated {
+    // Closed buckets' sampled values come back from the store. One that
+    // cannot be read (it left the window since the copy, or the store
+    // failed) is left out of the snapshot.
+    let stored = |key: &ModelKey, window: &str, id: u64| match store.read_whole(key, window, id) {
+        Ok(b) => b,
+        Err(error) => {
+            tracing::debug!(model = %key.model, version = %key.version, window, bucket = id, error = %error, "Reading a closed bucket back failed");
+            None
+        }
+    };
     // Every window's snapshot first, so the live copies (and the buckets
     // the writer must copy while they are held) go before the statistics.
     let snaps: Vec<(String, Snapshot, Option<Arc<Reference>>)> = w
@@ -1735,14 +1749,15 @@ fn evaluate_version(w: Work, cfg: &EngineConfig, now: i64) -> Evaluated {
         .map(|(name, win, src)| {
             let reference = match src {
                 RefSrc::Fixed(r) => r,
-                RefSrc::Live(other) => other.map(|(ow, total)| {
+                RefSrc::Live(other) => other.map(|(okey, ow, total)| {
                     Arc::new(Reference::from_snapshot(
-                        &ow.snapshot(now, total),
+                        &ow.snapshot(now, total, &|id| stored(&okey, &name, id)),
                         cfg.reference,
                     ))
                 }),
             };
-            (name, win.snapshot(now, w.total), reference)
+            let snap = win.snapshot(now, w.total, &|id| stored(&w.key, &name, id));
+            (name, snap, reference)
         })
         .collect();
     let mut windows: Vec<(String, Report, Option<Arc<Reference>>)> = snaps

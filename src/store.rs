@@ -39,19 +39,33 @@
 //! first chunk (`load` drops a value whose first chunk is missing); the
 //! rest is deleted a few keys per commit, like superseded deltas.
 //! - `references`, `rules`, `outbox`: one entry per version, rule, event.
+//!
+//! Beside sled, `spill/` in the data directory holds a copy of each closed
+//! bucket's whole state, one file per bucket
+//! (`spill/<sha-256 of the version>/<window>/<bucket>`), which
+//! [`Store::read_whole`] reads when the evaluator wants a closed bucket's
+//! sampled values (windows keep them nowhere else). It is a cache, not
+//! state: written after sled took the same whole state, deleted when the
+//! bucket leaves, emptied and written again from sled at every load, and a
+//! missing or unreadable file falls back to sled. Reading the values from
+//! sled each evaluation would keep every page read in sled's cache: sled
+//! 0.34 evicts a page only after 64 accesses to its shard of 256, whatever
+//! `cache_capacity` says (in the sizing scenario its cache grew to over
+//! 100 MB within two minutes).
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
     fmt,
     path::{Path, PathBuf},
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex, RwLock,
     },
     time::{Duration, Instant},
 };
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::{
@@ -64,7 +78,7 @@ use crate::{
 
 /// On-disk format version, checked at open. Bump it whenever an encoding or
 /// key layout below changes.
-pub const SCHEMA_VERSION: u32 = 5;
+pub const SCHEMA_VERSION: u32 = 6;
 
 const SCHEMA_KEY: &[u8] = b"schema_version";
 
@@ -542,6 +556,9 @@ pub struct Commit {
     pub wholes: Vec<(String, u64, Bucket)>,
     /// (window, bucket, threshold) of pruned buckets.
     pub taus: Vec<(String, u64, u64)>,
+    /// (window, bucket, threshold) of closed buckets to store again without
+    /// their rows above the threshold (read back from the store).
+    pub rewrites: Vec<(String, u64, u64)>,
     /// (window, bucket) that left their windows.
     pub removed: Vec<(String, u64)>,
     /// The version's counters after the batch.
@@ -609,6 +626,90 @@ pub struct Store {
     /// Key prefixes of superseded per-batch deltas (of buckets stored whole
     /// or removed), deleted a few at a time by later commits.
     purge: Arc<Mutex<VecDeque<Vec<u8>>>>,
+    /// Files of closed buckets' whole states (see the module
+    /// documentation); `None` reads them from the backend.
+    spill: Option<Arc<SpillDir>>,
+}
+
+/// The `spill/` directory: a file per closed bucket's whole state.
+#[derive(Debug)]
+struct SpillDir {
+    root: PathBuf,
+    /// Bytes of the files written and not deleted since the last load.
+    bytes: AtomicU64,
+}
+
+impl SpillDir {
+    /// The directory of one window of one version (its names hashed: they
+    /// may hold characters a file name cannot).
+    fn window_dir(&self, key: &ModelKey, window: &str) -> PathBuf {
+        let hex: String = Sha256::digest(version_prefix(key))
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        self.root.join(hex).join(window)
+    }
+
+    /// Counts `added` bytes written and `removed` deleted.
+    fn account(&self, added: u64, removed: u64) {
+        let _ = self
+            .bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                Some(b.saturating_sub(removed) + added)
+            });
+    }
+
+    fn file(&self, key: &ModelKey, window: &str, bucket: u64) -> PathBuf {
+        self.window_dir(key, window).join(bucket.to_string())
+    }
+
+    /// Writes one file; on failure the file is gone and reads fall back to
+    /// sled.
+    fn write(&self, path: &Path, bytes: &[u8]) {
+        let old = std::fs::metadata(path).map_or(0, |m| m.len());
+        let written = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(path, bytes));
+        match written {
+            Ok(()) => self.account(bytes.len() as u64, old),
+            Err(error) => {
+                self.account(0, old);
+                let _ = std::fs::remove_file(path);
+                tracing::debug!(path = %path.display(), error = %error, "Writing a spilled bucket failed; it is read from sled");
+            }
+        }
+    }
+
+    fn remove(&self, path: &Path) {
+        if let Ok(m) = std::fs::metadata(path) {
+            if std::fs::remove_file(path).is_ok() {
+                self.account(0, m.len());
+            }
+        }
+    }
+
+    /// Deletes a directory of files (a window's, a version's, or all).
+    fn remove_dir(&self, dir: &Path) {
+        let size = dir_size(dir);
+        if std::fs::remove_dir_all(dir).is_ok() {
+            self.account(0, size);
+        }
+    }
+}
+
+/// Bytes of the files under `dir`.
+fn dir_size(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_size(&e.path()),
+            _ => e.metadata().map_or(0, |m| m.len()),
+        })
+        .sum()
 }
 
 impl Store {
@@ -617,13 +718,16 @@ impl Store {
     /// # Errors
     /// As [`SledBackend::open`].
     pub fn open(cfg: &StoreConfig) -> Result<Self, Error> {
-        Ok(Self::with_backend(
-            cfg.path.clone(),
-            Arc::new(SledBackend::open(cfg)?),
-        ))
+        let mut store = Self::with_backend(cfg.path.clone(), Arc::new(SledBackend::open(cfg)?));
+        store.spill = Some(Arc::new(SpillDir {
+            root: cfg.path.join("spill"),
+            bytes: AtomicU64::new(0),
+        }));
+        Ok(store)
     }
 
-    /// A store over any backend.
+    /// A store over any backend, reading closed buckets back from it (no
+    /// `spill/` directory).
     pub fn with_backend(path: PathBuf, backend: Arc<dyn Backend>) -> Self {
         Self {
             path,
@@ -631,6 +735,7 @@ impl Store {
             failed: Arc::new(AtomicBool::new(false)),
             wedged: CancellationToken::new(),
             purge: Arc::default(),
+            spill: None,
         }
     }
 
@@ -724,9 +829,24 @@ impl Store {
             let base = window_key(REGION_DELTA, key, window, *bucket, *part);
             push_chunks(&mut writes, &base, &postcard_bytes(delta));
         }
-        for (window, bucket, tau) in &c.taus {
+        // A closed bucket pruned to half is stored again without the rows
+        // it dropped; when its whole state cannot be read, its threshold is
+        // stored instead.
+        let mut rewritten = Vec::new();
+        let mut taus: Vec<(&String, u64, u64)> =
+            c.taus.iter().map(|(w, b, t)| (w, *b, *t)).collect();
+        for (window, bucket, tau) in &c.rewrites {
+            match self.read_whole(key, window, *bucket) {
+                Ok(Some(mut whole)) => {
+                    whole.prune(*tau);
+                    rewritten.push((window, *bucket, whole));
+                }
+                _ => taus.push((window, *bucket, *tau)),
+            }
+        }
+        for (window, bucket, tau) in taus {
             writes.push((
-                window_key(REGION_TAU, key, window, *bucket, TAU),
+                window_key(REGION_TAU, key, window, bucket, TAU),
                 Some(tau.to_be_bytes().to_vec()),
             ));
         }
@@ -737,10 +857,17 @@ impl Store {
         // second). A removal deletes the whole state and threshold now, the
         // deltas later; `load` ignores deltas of any bucket but the newest.
         let mut purge = Vec::new();
-        for (window, bucket, whole) in &c.wholes {
-            forget_parts(key, window, *bucket, &mut writes, &mut purge);
-            let base = window_key(REGION_WHOLE, key, window, *bucket, WHOLE);
-            let n = push_chunks(&mut writes, &base, &postcard_bytes(whole));
+        let mut spills = Vec::new();
+        let wholes = c
+            .wholes
+            .iter()
+            .map(|(w, b, whole)| (w, *b, whole))
+            .chain(rewritten.iter().map(|(w, b, whole)| (*w, *b, whole)));
+        for (window, bucket, whole) in wholes {
+            forget_parts(key, window, bucket, &mut writes, &mut purge);
+            let base = window_key(REGION_WHOLE, key, window, bucket, WHOLE);
+            let bytes = postcard_bytes(whole);
+            let n = push_chunks(&mut writes, &base, &bytes);
             // Chunks of an earlier whole state of this bucket (stored again
             // after the clock went back, or removed and not yet purged)
             // beyond the new one's would read as its continuation.
@@ -750,6 +877,7 @@ impl Store {
                     writes.push((k, None));
                 }
             }
+            spills.push((window, bucket, bytes));
         }
         for (window, bucket) in &c.removed {
             forget_parts(key, window, *bucket, &mut writes, &mut purge);
@@ -761,7 +889,58 @@ impl Store {
         self.purge_some(&mut writes)?;
         self.apply(Tree::Windows, writes)?;
         lock(&self.purge).extend(purge);
+        if let Some(spill) = &self.spill {
+            for (window, bucket, bytes) in spills {
+                spill.write(&spill.file(key, window, bucket), &bytes);
+            }
+            for (window, bucket) in &c.removed {
+                spill.remove(&spill.file(key, window, *bucket));
+            }
+        }
         Ok(())
+    }
+
+    /// The whole state a closed bucket was stored with, for the evaluator
+    /// (windows keep closed buckets' sampled values here only): from its
+    /// file in `spill/`, else from sled. `None` when it is gone or going:
+    /// deleted, or its chunks not consecutive from the first (a removal or
+    /// a rewrite under way).
+    ///
+    /// # Errors
+    /// [`Error::Io`] on a read failure, [`Error::Corrupt`] when the chunks
+    /// do not decode.
+    pub fn read_whole(
+        &self,
+        key: &ModelKey,
+        window: &str,
+        bucket: u64,
+    ) -> Result<Option<Bucket>, Error> {
+        if let Some(spill) = &self.spill {
+            if let Ok(bytes) = std::fs::read(spill.file(key, window, bucket)) {
+                if let Ok(b) = postcard::from_bytes(&bytes) {
+                    return Ok(Some(b));
+                }
+            }
+        }
+        let base = window_key(REGION_WHOLE, key, window, bucket, WHOLE);
+        let mut bytes = Vec::new();
+        let mut next = 0u32;
+        let mut whole = true;
+        self.backend.scan(Tree::Windows, &base, &mut |k, v| {
+            if whole && k.len() == base.len() + 4 && chunk_number(k) == Some(next) {
+                next += 1;
+                bytes.extend_from_slice(v);
+            } else {
+                whole = false;
+            }
+            Ok(())
+        })?;
+        if !whole || next == 0 {
+            return Ok(None);
+        }
+        postcard::from_bytes(&bytes)
+            .map(Some)
+            .map_err(|_| Error::Corrupt { tree: "windows" })
     }
 
     /// Adds deletions of up to `PURGE_PER_COMMIT` superseded deltas to
@@ -841,6 +1020,10 @@ impl Store {
         // Deleted above; a queued prefix would otherwise delete a new
         // bucket of the same number later.
         lock(&self.purge).retain(|p| !prefixes.iter().any(|x| p.starts_with(x)));
+        if let Some(spill) = &self.spill {
+            let dir = spill.window_dir(key, window.unwrap_or(""));
+            spill.remove_dir(&dir);
+        }
         Ok(())
     }
 
@@ -871,7 +1054,13 @@ impl Store {
             }
             !mine
         });
-        self.delete_prefixes(Tree::Windows, &prefixes)
+        self.delete_prefixes(Tree::Windows, &prefixes)?;
+        if let Some(spill) = &self.spill {
+            for (window, id) in buckets {
+                spill.remove(&spill.file(key, window, *id));
+            }
+        }
+        Ok(())
     }
 
     /// Replaces the reference of `key`. Not durable until [`Store::flush`].
@@ -1025,7 +1214,11 @@ impl Store {
     /// # Errors
     /// [`Error::Io`] when the size cannot be read.
     pub fn size_on_disk(&self) -> Result<u64, Error> {
-        self.backend.size_on_disk()
+        let spilled = self
+            .spill
+            .as_ref()
+            .map_or(0, |s| s.bytes.load(Ordering::Relaxed));
+        Ok(self.backend.size_on_disk()? + spilled)
     }
 
     /// Reads everything back, for the engine's restore at start-up.
@@ -1161,7 +1354,28 @@ impl Store {
                 purge.push_back(prefix);
             }
         }
+        drop(purge);
+        self.respill(&out);
         Ok(out)
+    }
+
+    /// Empties `spill/` and writes a file for every closed bucket loaded:
+    /// what sled holds is the truth, whatever a crash left in the files.
+    fn respill(&self, versions: &[StoredVersion]) {
+        let Some(spill) = &self.spill else {
+            return;
+        };
+        spill.remove_dir(&spill.root);
+        spill.bytes.store(0, Ordering::Relaxed);
+        for v in versions {
+            for (window, buckets) in &v.windows {
+                for (id, b) in buckets {
+                    if let Some(whole) = &b.whole {
+                        spill.write(&spill.file(&v.key, window, *id), &postcard_bytes(whole));
+                    }
+                }
+            }
+        }
     }
 }
 

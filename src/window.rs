@@ -31,6 +31,28 @@
 //! the window holds fewer than `sample_size` rows (traffic fell), so the
 //! sample refills as old buckets expire.
 //!
+//! **Closed buckets keep their sampled values in the store, not in
+//! memory.** A bucket is held as one or more *segments* (keys
+//! `bucket << SEGMENT_BITS | n`): the open (newest) segment gives way to a
+//! new one of the same bucket once it holds a sixteenth of `sample_size`
+//! sampled rows, and to the next bucket's first segment when that bucket
+//! begins. Segments are otherwise buckets, and "bucket" below means either.
+//! When a newer bucket opens, the previous newest one closes:
+//! [`Changes::closed`] carries its whole state (aggregates, priorities and
+//! sampled values) for the store, and the window keeps only its aggregates
+//! and priorities (what pruning and thresholds need). [`Window::snapshot`]
+//! reads the values of closed buckets back through the caller's `stored`
+//! function and drops the rows above each bucket's threshold since. The
+//! samples are most of a window's memory (a 10,000-row sample of 50
+//! features is 4 MB); only the open segment's rows stay in memory, at most
+//! a sixteenth of the sample plus one batch, also in a new window whose
+//! first bucket takes the whole sample. A closed bucket pruned to half the
+//! rows it was stored with is stored again without them
+//! ([`Changes::rewrite`]), so what an evaluation reads back stays under
+//! twice the sample. Only the newest bucket takes records: a record whose
+//! arrival time falls in an older bucket (the clock went back) joins the
+//! newest one, so a closed bucket never changes again except by pruning.
+//!
 //! Pure and synchronous: no I/O, no clock (time is an argument), no logging.
 //! The engine feeds batches in, persists the [`Changes`] they cause, and
 //! takes [`Snapshot`]s out for the detector.
@@ -53,6 +75,12 @@ pub const OTHER: &str = "__other__";
 
 /// A threshold that keeps every row.
 pub const KEEP_ALL: u64 = u64::MAX;
+
+/// Low bits of a bucket's key that number its *segments*: a bucket of the
+/// span (ten seconds, 500 records) is held as one or more segments, a new
+/// one opening when the open segment holds a sixteenth of the sample in
+/// memory. The key of segment `s` of span bucket `b` is `b << 16 | s`.
+pub const SEGMENT_BITS: u32 = 16;
 
 /// How a window is cut into buckets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,8 +198,8 @@ impl WindowSpec {
         }
     }
 
-    /// The oldest bucket still in the window at `now_ms`, after `total`
-    /// records of the version.
+    /// The oldest span bucket still in the window at `now_ms`, after
+    /// `total` records of the version.
     pub fn first_live(&self, now_ms: i64, total: u64) -> u64 {
         match self.span {
             Span::Time {
@@ -219,8 +247,13 @@ pub struct Bucket {
     /// Priorities of the kept rows, in arrival order.
     pub priorities: Vec<u64>,
     /// Per numeric feature, its value in each kept row (NaN when missing or
-    /// absent from the row's batch).
+    /// absent from the row's batch). Empty in memory once the bucket is
+    /// `spilled`.
     pub values: BTreeMap<String, Vec<f64>>,
+    /// True for a closed bucket whose sampled values live only in the
+    /// store ([`Window::snapshot`] reads them back).
+    #[serde(skip)]
+    pub spilled: bool,
 }
 
 /// One feature's aggregates in a bucket.
@@ -272,7 +305,28 @@ impl Bucket {
             features: BTreeMap::new(),
             priorities: Vec::new(),
             values: BTreeMap::new(),
+            spilled: false,
         }
+    }
+
+    /// The whole state, for the store; `b` keeps only its aggregates and
+    /// priorities (`spilled`). A live copy sharing the bucket keeps the
+    /// whole one it holds.
+    fn spill(b: &mut Arc<Bucket>) -> Bucket {
+        let kept = Bucket {
+            rows: b.rows,
+            tau: b.tau,
+            features: b.features.clone(),
+            priorities: b.priorities.clone(),
+            values: BTreeMap::new(),
+            spilled: true,
+        };
+        let mut whole = match Arc::try_unwrap(std::mem::replace(b, Arc::new(kept))) {
+            Ok(whole) => whole,
+            Err(shared) => (*shared).clone(),
+        };
+        whole.spilled = false;
+        whole
     }
 
     /// Adds `d`'s aggregates and rows (appended after this bucket's), then
@@ -369,7 +423,7 @@ impl Bucket {
     }
 
     /// Lowers the threshold to `tau` and drops rows above it.
-    fn prune(&mut self, tau: u64) {
+    pub fn prune(&mut self, tau: u64) {
         self.tau = self.tau.min(tau);
         let tau = self.tau;
         if self.priorities.iter().all(|&p| p <= tau) {
@@ -414,6 +468,13 @@ fn reserve_gently<T>(v: &mut Vec<T>, additional: usize) {
     }
 }
 
+/// The key of the first segment of span bucket `b`.
+fn segment_key(b: u64) -> u64 {
+    b.checked_shl(SEGMENT_BITS)
+        .filter(|k| k >> SEGMENT_BITS == b)
+        .unwrap_or(!((1 << SEGMENT_BITS) - 1))
+}
+
 /// The priority of record `row` of the version with seed `seed`
 /// (splitmix64 of their combination).
 pub fn priority(seed: u64, row: u64) -> u64 {
@@ -440,12 +501,18 @@ pub struct Changes {
     /// New contributions to buckets: (bucket, record index of the first
     /// row, delta).
     pub deltas: Vec<(u64, u64, Bucket)>,
-    /// Buckets that closed: store their whole state, replacing their
-    /// deltas.
-    pub closed: BTreeSet<u64>,
+    /// Buckets that closed, with their whole state (the only copy of their
+    /// sampled values; the window keeps the rest): store it, replacing
+    /// their deltas.
+    pub closed: BTreeMap<u64, Bucket>,
     /// Buckets whose threshold dropped: (bucket, new threshold). Their
     /// stored rows above it are dropped when they are read back.
     pub pruned: BTreeMap<u64, u64>,
+    /// Closed buckets pruned to half the rows last stored: (bucket, new
+    /// threshold). The store reads the whole state back, drops the rows
+    /// above the threshold and stores it again, so that what evaluations
+    /// read back stays within twice the sample.
+    pub rewrite: BTreeMap<u64, u64>,
     /// Buckets that left the window.
     pub removed: Vec<u64>,
 }
@@ -458,11 +525,10 @@ pub struct Window {
     binning: Arc<Binning>,
     seed: u64,
     /// Shared with the evaluator's copies ([`Window::live_copy`]): the
-    /// writer copies a bucket only when it changes one still shared.
+    /// writer copies a bucket only when it changes one still shared. Every
+    /// bucket but the newest is spilled.
     buckets: BTreeMap<u64, Arc<Bucket>>,
-    /// Sampled rows of each closed bucket as last stored whole: a pruned
-    /// bucket is stored whole again once it holds half as many, so the
-    /// store shrinks with memory.
+    /// Sampled rows of each closed bucket as last stored whole.
     written: BTreeMap<u64, usize>,
 }
 
@@ -539,7 +605,9 @@ impl Window {
         }
     }
 
-    /// A window from stored buckets, each already merged from its parts.
+    /// A window from stored buckets, each already merged from its parts;
+    /// every bucket but the newest gives its sampled values back (the
+    /// store holds them).
     pub fn restore(
         spec: WindowSpec,
         limits: Limits,
@@ -553,7 +621,16 @@ impl Window {
             .filter(|(id, _)| Some(**id) != newest)
             .map(|(id, b)| (*id, b.priorities.len()))
             .collect();
-        let buckets = buckets.into_iter().map(|(k, b)| (k, Arc::new(b))).collect();
+        let buckets = buckets
+            .into_iter()
+            .map(|(id, mut b)| {
+                if Some(id) != newest {
+                    b.values = BTreeMap::new();
+                    b.spilled = true;
+                }
+                (id, Arc::new(b))
+            })
+            .collect();
         Self {
             spec,
             limits,
@@ -569,10 +646,22 @@ impl Window {
         &self.spec
     }
 
+    /// The key of the oldest segment that can be live at `now_ms` after
+    /// `total` records.
+    fn first_key(&self, now_ms: i64, total: u64) -> u64 {
+        segment_key(self.spec.first_live(now_ms, total))
+    }
+
+    /// Sampled rows an open segment holds in memory before the next one
+    /// opens.
+    fn segment_rows(&self) -> usize {
+        (self.limits.sample_size / 16).max(1)
+    }
+
     /// A copy holding only the buckets live at `now_ms`, for evaluating off
     /// the lock. Cheap: it shares the buckets.
     pub fn live_copy(&self, now_ms: i64, total: u64) -> Window {
-        let first = self.spec.first_live(now_ms, total);
+        let first = self.first_key(now_ms, total);
         Window {
             spec: self.spec.clone(),
             limits: self.limits,
@@ -587,7 +676,8 @@ impl Window {
         }
     }
 
-    /// The stored state of a bucket.
+    /// A bucket as held in memory (without its sampled values once
+    /// spilled).
     pub fn bucket(&self, id: u64) -> Option<&Bucket> {
         self.buckets.get(&id).map(|b| &**b)
     }
@@ -652,27 +742,43 @@ impl Window {
                 && p.columns.len() == batch.columns.len()
                 && Arc::ptr_eq(&p.binning, &self.binning)
         });
+        let mut closing = Vec::new();
         let mut lo = skip;
         while lo < batch.n_rows {
             let row = first_row + (lo - skip) as u64;
-            let id = self.spec.bucket_of(arrival_ms, row);
+            // Records join the newest segment at the earliest: closed ones
+            // never change (their values are in the store only). A segment
+            // holding enough sampled rows gives way to a new one of the same
+            // bucket, so that no bucket keeps much of the sample in memory
+            // (a new window's first bucket takes all of it).
+            let span_bucket = self.spec.bucket_of(arrival_ms, row);
+            let id = match self.buckets.iter().next_back() {
+                Some((&newest, b)) if span_bucket <= newest >> SEGMENT_BITS => {
+                    let full = b.priorities.len() >= self.segment_rows();
+                    let last = newest & ((1 << SEGMENT_BITS) - 1) == (1 << SEGMENT_BITS) - 1;
+                    if full && !last {
+                        newest + 1
+                    } else {
+                        newest
+                    }
+                }
+                _ => segment_key(span_bucket),
+            };
             let hi = match self.spec.span {
                 Span::Time { .. } => batch.n_rows,
                 Span::Count { bucket_records, .. } => {
-                    let end = (id + 1) * bucket_records;
-                    batch.n_rows.min(lo + (end - row) as usize)
+                    let end = ((id >> SEGMENT_BITS) + 1) * bucket_records;
+                    batch
+                        .n_rows
+                        .min(lo + end.saturating_sub(row).max(1) as usize)
                 }
             };
             if !self.buckets.contains_key(&id) {
-                // A newer bucket closes the previous newest one: store it
-                // whole, replacing its per-batch parts.
-                if let Some((&last, b)) = self.buckets.iter_mut().next_back() {
-                    if last < id {
-                        changes.closed.insert(last);
-                        self.written.insert(last, b.priorities.len());
-                        // A closed bucket never grows again.
-                        Arc::make_mut(b).shrink();
-                    }
+                // A newer segment closes the previous newest one: it is
+                // stored whole, replacing its per-batch parts, once this
+                // batch's pruning is done.
+                if let Some(&last) = self.buckets.keys().next_back() {
+                    closing.push(last);
                 }
                 let tau = self.new_tau();
                 self.buckets.insert(id, Arc::new(Bucket::empty(tau)));
@@ -681,8 +787,16 @@ impl Window {
                 break;
             };
             let whole = prepared.filter(|_| lo == skip && hi == batch.n_rows);
+            // Categories beyond the reference's are admitted per bucket of
+            // the span, over all its segments.
+            let segments: Vec<&Bucket> = self
+                .buckets
+                .range(segment_key(id >> SEGMENT_BITS)..id)
+                .map(|(_, b)| &**b)
+                .chain([&**bucket])
+                .collect();
             let delta = make_delta(
-                bucket,
+                &segments,
                 batch,
                 lo..hi,
                 row,
@@ -694,26 +808,26 @@ impl Window {
             if let Some(b) = self.buckets.get_mut(&id) {
                 Arc::make_mut(b).merge(&delta);
             }
-            // Only the newest bucket lives on deltas: the store takes a
-            // bucket's whole state as its full content and drops the deltas
-            // of every other bucket. A write to an older bucket (the clock
-            // went back) therefore stores it whole again.
-            if self.buckets.keys().next_back() != Some(&id) {
-                changes.closed.insert(id);
-                self.written
-                    .insert(id, self.buckets.get(&id).map_or(0, |b| b.priorities.len()));
-            }
             changes.deltas.push((id, row, delta));
             lo = hi;
         }
         let total = first_row + (batch.n_rows - skip.min(batch.n_rows)) as u64;
         changes.removed.extend(self.expire(arrival_ms, total));
         self.enforce_cap(changes);
+        for id in closing {
+            if let Some(b) = self.buckets.get_mut(&id) {
+                // The whole state includes this batch's pruning.
+                changes.pruned.remove(&id);
+                changes.rewrite.remove(&id);
+                self.written.insert(id, b.priorities.len());
+                changes.closed.insert(id, Bucket::spill(b));
+            }
+        }
     }
 
     /// Drops buckets that left the window; returns their ids.
     pub fn expire(&mut self, now_ms: i64, total: u64) -> Vec<u64> {
-        let first = self.spec.first_live(now_ms, total);
+        let first = self.first_key(now_ms, total);
         let keep = self.buckets.split_off(&first);
         let gone = std::mem::replace(&mut self.buckets, keep);
         self.written = self.written.split_off(&first);
@@ -764,7 +878,7 @@ impl Window {
                 match self.written.get_mut(&id) {
                     Some(w) if b.priorities.len() * 2 <= *w => {
                         *w = b.priorities.len();
-                        changes.closed.insert(id);
+                        changes.rewrite.insert(id, tau);
                     }
                     _ => {
                         changes.pruned.insert(id, tau);
@@ -777,7 +891,7 @@ impl Window {
     /// The smallest threshold among the live buckets: the window's sample
     /// is drawn from rows with priority at most this.
     pub fn threshold(&self, now_ms: i64, total: u64) -> u64 {
-        let first = self.spec.first_live(now_ms, total);
+        let first = self.first_key(now_ms, total);
         self.buckets
             .range(first..)
             .map(|(_, b)| b.tau)
@@ -787,13 +901,13 @@ impl Window {
 
     /// Records in the window at `now_ms` after `total` records.
     pub fn records(&self, now_ms: i64, total: u64) -> u64 {
-        let first = self.spec.first_live(now_ms, total);
+        let first = self.first_key(now_ms, total);
         self.buckets.range(first..).map(|(_, b)| b.rows).sum()
     }
 
     /// Per feature: (non-missing, missing, role) in the window.
     pub fn counts(&self, now_ms: i64, total: u64) -> BTreeMap<String, (u64, u64, Role)> {
-        let first = self.spec.first_live(now_ms, total);
+        let first = self.first_key(now_ms, total);
         let mut out: BTreeMap<String, (u64, u64, Role)> = BTreeMap::new();
         for (_, b) in self.buckets.range(first..) {
             for (name, a) in &b.features {
@@ -810,13 +924,55 @@ impl Window {
     }
 
     /// Copies the window into statistics-ready form: merged counts, the
-    /// bottom-k sample, values sorted.
-    pub fn snapshot(&self, now_ms: i64, total: u64) -> Snapshot {
-        let first = self.spec.first_live(now_ms, total);
-        let live: Vec<&Bucket> = self.buckets.range(first..).map(|(_, b)| &**b).collect();
-        let tau = live.iter().map(|b| b.tau).min().unwrap_or(KEEP_ALL);
+    /// bottom-k sample, values sorted. `stored(id)` reads back the whole
+    /// state a closed bucket was stored with (its rows above the bucket's
+    /// threshold since are dropped here). When the writer has stored it
+    /// again with a lower threshold since this copy was taken, the snapshot
+    /// samples every bucket below that threshold (still a uniform sample,
+    /// perhaps smaller). A closed bucket that `stored` cannot give back, or
+    /// gives back with other rows than the window holds (it left the window
+    /// and was deleted meanwhile), is left out whole, counts and rows: the
+    /// snapshot then covers the other buckets exactly.
+    pub fn snapshot(
+        &self,
+        now_ms: i64,
+        total: u64,
+        stored: &dyn Fn(u64) -> Option<Bucket>,
+    ) -> Snapshot {
+        let first = self.first_key(now_ms, total);
+        // Each live bucket, with its rows and values read back when
+        // spilled, and the threshold its rows are taken under: the lower of
+        // the window's and the stored one's (rows above it are left to the
+        // shared threshold below rather than pruned here).
+        let mut read: Vec<(&Bucket, Option<Bucket>, u64)> = Vec::new();
+        for (&id, b) in self.buckets.range(first..) {
+            if !b.spilled {
+                read.push((b, None, b.tau));
+                continue;
+            }
+            let Some(whole) = stored(id) else {
+                continue;
+            };
+            let t = b.tau.min(whole.tau);
+            let same = whole
+                .priorities
+                .iter()
+                .filter(|&&p| p <= t)
+                .eq(b.priorities.iter().filter(|&&p| p <= t));
+            if same {
+                read.push((b, Some(whole), t));
+            }
+        }
+        let live: Vec<&Bucket> = read.iter().map(|(b, ..)| *b).collect();
+        // Rows and values: the bucket's own, or what was read back.
+        let sampled: Vec<&Bucket> = read
+            .iter()
+            .map(|(b, whole, _)| whole.as_ref().unwrap_or(b))
+            .collect();
+        let values: Vec<&BTreeMap<String, Vec<f64>>> = sampled.iter().map(|b| &b.values).collect();
+        let tau = read.iter().map(|r| r.2).min().unwrap_or(KEEP_ALL);
         // (priority, bucket index, row index) of every candidate row.
-        let mut rows: Vec<(u64, usize, usize)> = live
+        let mut rows: Vec<(u64, usize, usize)> = sampled
             .iter()
             .enumerate()
             .flat_map(|(bi, b)| {
@@ -907,7 +1063,7 @@ impl Window {
                     }
                     sample.reserve(rows.len());
                     for group in rows.chunk_by(|a, b| a.1 == b.1) {
-                        let Some(column) = live[group[0].1].values.get(name) else {
+                        let Some(column) = values[group[0].1].get(name) else {
                             continue;
                         };
                         sample.extend(
@@ -988,13 +1144,14 @@ fn numeric_agg(v: &[f64], edges: Option<&Vec<f64>>) -> (u64, AggData) {
 }
 
 /// The contribution of `batch` rows `range` (the first with record index
-/// `first_row`) to `bucket`; `whole`, when given, holds the numeric
-/// aggregates of exactly those rows.
+/// `first_row`) to the last of `segments` (the segments of its span
+/// bucket, in order); `whole`, when given, holds the numeric aggregates of
+/// exactly those rows.
 // One call site; the arguments are the bucket's context, a struct would
 // only rename them.
 #[allow(clippy::too_many_arguments)]
 fn make_delta(
-    bucket: &Bucket,
+    segments: &[&Bucket],
     batch: &Batch,
     range: std::ops::Range<usize>,
     first_row: u64,
@@ -1003,13 +1160,14 @@ fn make_delta(
     limits: Limits,
     whole: Option<&Prepared>,
 ) -> Bucket {
-    let mut d = Bucket::empty(bucket.tau);
+    let tau = segments.last().map_or(KEEP_ALL, |b| b.tau);
+    let mut d = Bucket::empty(tau);
     d.rows = range.len() as u64;
     // (row, priority) of the rows the bucket keeps.
     let kept: Vec<(usize, u64)> = range
         .clone()
         .map(|i| (i, priority(seed, first_row + (i - range.start) as u64)))
-        .filter(|&(_, p)| p <= bucket.tau)
+        .filter(|&(_, p)| p <= tau)
         .collect();
     d.priorities = kept.iter().map(|&(_, p)| p).collect();
     for (col_idx, col) in batch.columns.iter().enumerate() {
@@ -1027,14 +1185,25 @@ fn make_delta(
             }
             Values::Categorical(v) => {
                 let known = binning.categories.get(&col.name);
-                let existing = match bucket.features.get(&col.name).map(|a| &a.data) {
-                    Some(AggData::Categorical { counts, .. }) => Some(counts),
-                    _ => None,
-                };
+                let existing: Vec<&BTreeMap<String, u64>> = segments
+                    .iter()
+                    .filter_map(|b| match b.features.get(&col.name).map(|a| &a.data) {
+                        Some(AggData::Categorical { counts, .. }) => Some(counts),
+                        _ => None,
+                    })
+                    .collect();
                 let is_ref = |c: &str| known.is_some_and(|k| k.contains(c));
-                let mut extra = existing
-                    .map(|c| c.keys().filter(|k| !is_ref(k)).count())
-                    .unwrap_or(0);
+                let admitted = |c: &str| existing.iter().any(|e| e.contains_key(c));
+                let mut extra = match existing.as_slice() {
+                    [] => 0,
+                    [one] => one.keys().filter(|k| !is_ref(k)).count(),
+                    many => many
+                        .iter()
+                        .flat_map(|e| e.keys())
+                        .filter(|k| !is_ref(k))
+                        .collect::<BTreeSet<_>>()
+                        .len(),
+                };
                 let mut counts: BTreeMap<String, u64> = BTreeMap::new();
                 let (mut other, mut missing) = (0u64, 0u64);
                 for s in &v[range.clone()] {
@@ -1042,7 +1211,7 @@ fn make_delta(
                         missing += 1;
                     } else if let Some(c) = counts.get_mut(s.as_str()) {
                         *c += 1;
-                    } else if is_ref(s) || existing.is_some_and(|e| e.contains_key(s.as_str())) {
+                    } else if is_ref(s) || admitted(s) {
                         counts.insert(s.clone(), 1);
                     } else if extra < limits.max_categories {
                         extra += 1;

@@ -58,6 +58,7 @@ fn bucket(rows: u64, x: f64) -> Bucket {
         features: BTreeMap::new(),
         priorities: vec![7],
         values: [("x".to_string(), vec![x])].into(),
+        spilled: false,
     }
 }
 
@@ -105,6 +106,7 @@ async fn round_trip(s: &Store, reopen: impl Fn() -> Store) {
             ],
             wholes: vec![],
             taus: vec![("5m".into(), 4, 99)],
+            rewrites: vec![],
             removed: vec![],
             meta: meta.clone(),
         },
@@ -367,6 +369,7 @@ fn big_bucket(rows: usize, x: f64) -> Bucket {
         features: BTreeMap::new(),
         priorities: (0..rows as u64).collect(),
         values: [("x".to_string(), (0..rows).map(|i| x + i as f64).collect())].into(),
+        spilled: false,
     }
 }
 
@@ -374,7 +377,9 @@ fn big_bucket(rows: usize, x: f64) -> Bucket {
 /// of at most `CHUNK_BYTES` and read back equal; a whole state stored again
 /// smaller leaves none of the old chunks; a removed one is gone at once
 /// (its first chunk) and its other chunks are deleted later, also after a
-/// restart; a chunk missing inside a value is corruption.
+/// restart; a chunk missing inside a value is corruption. `read_whole`
+/// (what the evaluator reads closed buckets back with) gives the last whole
+/// state, and nothing once it is removed or for a bucket never stored whole.
 #[test]
 fn large_values_are_stored_in_chunks_and_removed_by_their_first_chunk() {
     let dir = tempfile::tempdir().unwrap();
@@ -427,6 +432,9 @@ fn large_values_are_stored_in_chunks_and_removed_by_their_first_chunk() {
         assert!(sizes.iter().all(|&n| n <= CHUNK_BYTES), "{sizes:?}");
         let w = &s.load().unwrap()[0].windows["5m"];
         assert_eq!(w[&1].whole.as_ref(), Some(&whole));
+        assert_eq!(s.read_whole(&a, "5m", 1).unwrap(), Some(whole.clone()));
+        assert_eq!(s.read_whole(&a, "5m", 2).unwrap(), None, "deltas only");
+        assert_eq!(s.read_whole(&a, "1h", 1).unwrap(), None, "another window");
 
         // Stored again, smaller: the old state's extra chunks go with it.
         let smaller = big_bucket(3000, 4.0);
@@ -442,6 +450,7 @@ fn large_values_are_stored_in_chunks_and_removed_by_their_first_chunk() {
         assert_eq!(whole_keys(1).len(), n_chunks(&smaller));
         let w = &s.load().unwrap()[0].windows["5m"];
         assert_eq!(w[&1].whole.as_ref(), Some(&smaller));
+        assert_eq!(s.read_whole(&a, "5m", 1).unwrap(), Some(smaller.clone()));
 
         // Removed: only its first chunk goes with the commit, and the rest
         // is no longer read; a restart finds the rest and deletes it too.
@@ -455,6 +464,7 @@ fn large_values_are_stored_in_chunks_and_removed_by_their_first_chunk() {
         )
         .unwrap();
         assert_eq!(whole_keys(1).len(), n_chunks(&smaller) - 1);
+        assert_eq!(s.read_whole(&a, "5m", 1).unwrap(), None, "removed");
         let restarted = Store::with_backend(PathBuf::from("test"), backend.clone());
         let w = &restarted.load().unwrap()[0].windows["5m"];
         assert_eq!(w.keys().copied().collect::<Vec<_>>(), [2]);
@@ -488,5 +498,137 @@ fn large_values_are_stored_in_chunks_and_removed_by_their_first_chunk() {
             restarted.load().is_ok(),
             "without its first chunk it is skipped"
         );
+    }
+}
+
+/// Closed buckets' whole states are also written to `spill/`, one file
+/// each, and `read_whole` reads them from there; a missing or unreadable
+/// file falls back to sled. Removing a bucket or a window deletes its
+/// files; a load rewrites the directory from sled; the store's size on
+/// disk counts the files.
+#[test]
+fn closed_buckets_are_read_back_from_their_spill_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&cfg(dir.path())).unwrap();
+    let a = key("a", "b");
+    let spill = dir.path().join("spill");
+    let files = || -> Vec<PathBuf> {
+        fn walk(d: &Path, out: &mut Vec<PathBuf>) {
+            for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+                if e.file_type().unwrap().is_dir() {
+                    walk(&e.path(), out);
+                } else {
+                    out.push(e.path());
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&spill, &mut out);
+        out.sort();
+        out
+    };
+    let size_before = s.size_on_disk().unwrap();
+    let one = big_bucket(2000, 1.0);
+    let two = big_bucket(1000, 2.0);
+    s.commit(
+        &a,
+        &Commit {
+            wholes: vec![("5m".into(), 1, one.clone()), ("1h".into(), 1, two.clone())],
+            meta: meta(3000),
+            ..Commit::default()
+        },
+    )
+    .unwrap();
+    let written = files();
+    assert_eq!(written.len(), 2, "{written:?}");
+    let spilled: u64 = written
+        .iter()
+        .map(|f| std::fs::metadata(f).unwrap().len())
+        .sum();
+    assert_eq!(
+        spilled,
+        (postcard_bytes(&one).len() + postcard_bytes(&two).len()) as u64
+    );
+    assert!(s.size_on_disk().unwrap() >= size_before + spilled);
+    let file_of_one = written
+        .iter()
+        .find(|f| std::fs::read(f).unwrap() == postcard_bytes(&one))
+        .unwrap()
+        .clone();
+    assert_eq!(s.read_whole(&a, "5m", 1).unwrap(), Some(one.clone()));
+    assert_eq!(s.read_whole(&a, "1h", 1).unwrap(), Some(two.clone()));
+
+    // The file is what is read: one that says otherwise wins...
+    std::fs::write(&file_of_one, postcard_bytes(&two)).unwrap();
+    assert_eq!(s.read_whole(&a, "5m", 1).unwrap(), Some(two.clone()));
+    // ...and a file that does not decode, or no file, falls back to sled.
+    std::fs::write(&file_of_one, b"not a bucket").unwrap();
+    assert_eq!(s.read_whole(&a, "5m", 1).unwrap(), Some(one.clone()));
+    std::fs::remove_file(&file_of_one).unwrap();
+    assert_eq!(s.read_whole(&a, "5m", 1).unwrap(), Some(one.clone()));
+
+    // A load writes the directory again from sled, dropping strays.
+    std::fs::write(spill.join("stray"), b"x").unwrap();
+    s.load().unwrap();
+    assert_eq!(files().len(), 2);
+    assert_eq!(std::fs::read(&file_of_one).unwrap(), postcard_bytes(&one));
+
+    // A bucket that leaves its window takes its file along.
+    s.commit(
+        &a,
+        &Commit {
+            removed: vec![("5m".into(), 1)],
+            meta: meta(3000),
+            ..Commit::default()
+        },
+    )
+    .unwrap();
+    assert!(!file_of_one.exists());
+    assert_eq!(s.read_whole(&a, "5m", 1).unwrap(), None);
+    assert_eq!(files().len(), 1);
+    // So does a window reset.
+    s.delete_windows(&a, None).unwrap();
+    assert!(files().is_empty());
+    assert_eq!(s.read_whole(&a, "1h", 1).unwrap(), None);
+}
+
+/// A rewrite stores a closed bucket's whole state again without its rows
+/// above the new threshold (read back from its spill file or sled); a
+/// bucket with no whole state to read gets the threshold instead.
+#[test]
+fn a_rewrite_stores_a_closed_bucket_again_without_the_rows_it_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Store::open(&cfg(dir.path())).unwrap();
+    let mem = Store::with_backend(PathBuf::from("test"), Arc::new(MemBackend::default()));
+    for s in [disk, mem] {
+        let a = key("a", "b");
+        s.commit(
+            &a,
+            &Commit {
+                wholes: vec![("5m".into(), 1, big_bucket(2000, 1.0))],
+                meta: meta(2000),
+                ..Commit::default()
+            },
+        )
+        .unwrap();
+        s.commit(
+            &a,
+            &Commit {
+                rewrites: vec![("5m".into(), 1, 999), ("5m".into(), 7, 5)],
+                meta: meta(2000),
+                ..Commit::default()
+            },
+        )
+        .unwrap();
+        // Records stay; sampled rows above the threshold go.
+        let mut expected = big_bucket(1000, 1.0);
+        expected.rows = 2000;
+        expected.tau = 999;
+        assert_eq!(s.read_whole(&a, "5m", 1).unwrap(), Some(expected.clone()));
+        let loaded = s.load().unwrap();
+        let w = &loaded[0].windows["5m"];
+        assert_eq!(w[&1].whole.as_ref(), Some(&expected));
+        assert_eq!(w[&1].tau, None);
+        assert_eq!((w[&7].whole.as_ref(), w[&7].tau), (None, Some(5)));
     }
 }

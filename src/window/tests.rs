@@ -126,21 +126,42 @@ struct FakeStore {
 type FakeBucket = (Option<Bucket>, Vec<Bucket>, Option<u64>);
 
 impl FakeStore {
-    fn write(&mut self, w: &Window, changes: Changes) {
+    fn write(&mut self, changes: Changes) {
         for (id, _, d) in changes.deltas {
             self.buckets.entry(id).or_default().1.push(d);
         }
         for (id, tau) in changes.pruned {
             self.buckets.entry(id).or_default().2 = Some(tau);
         }
-        for id in changes.closed {
-            if let Some(b) = w.bucket(id) {
-                self.buckets.insert(id, (Some(b.clone()), Vec::new(), None));
+        for (id, tau) in changes.rewrite {
+            let b = self.buckets.entry(id).or_default();
+            match b.0.as_mut() {
+                Some(whole) => {
+                    whole.prune(tau);
+                    b.2 = None;
+                }
+                None => b.2 = Some(tau),
             }
+        }
+        for (id, whole) in changes.closed {
+            self.buckets.insert(id, (Some(whole), Vec::new(), None));
         }
         for id in changes.removed {
             self.buckets.remove(&id);
         }
+    }
+
+    /// What `Store::read_whole` gives back: a bucket's whole state as
+    /// stored, before later thresholds.
+    fn whole(&self, id: u64) -> Option<Bucket> {
+        self.buckets.get(&id).and_then(|b| b.0.clone())
+    }
+
+    /// Applies `batch` and stores what changed.
+    fn apply(&mut self, w: &mut Window, batch: &Batch, now: i64, first_row: u64) {
+        let mut changes = Changes::default();
+        w.apply(batch, 0, now, first_row, &mut changes);
+        self.write(changes);
     }
 
     fn restore(&self, spec: WindowSpec, limits: Limits) -> Window {
@@ -190,12 +211,24 @@ proptest! {
             for (i, (x, c)) in xs.iter().zip(&cs).enumerate() {
                 log.push(Rec { arrival: now, index: total + i as u64, x: *x, c: c.clone() });
             }
-            let mut changes = Changes::default();
-            w.apply(&batch(xs, cs), 0, now, total, &mut changes);
+            store.apply(&mut w, &batch(xs, cs), now, total);
             total += rows.len() as u64;
-            store.write(&w, changes);
             let held: usize = w.buckets.values().map(|b| b.priorities.len()).sum();
             most_held = most_held.max(held);
+            // Only the open (newest) segment keeps sampled values in memory,
+            // at most a sixteenth of the sample and one batch.
+            let newest = w.buckets.keys().next_back().copied();
+            for (id, b) in &w.buckets {
+                prop_assert_eq!(b.spilled, Some(*id) != newest);
+                prop_assert!(!b.spilled || b.values.is_empty());
+                prop_assert!(b.spilled || b.priorities.len() <= (k / 16).max(1) + rows.len());
+                // What the store holds of a closed bucket is under twice
+                // what the window still samples from it.
+                if let Some(whole) = store.whole(*id).filter(|_| b.spilled) {
+                    let (stored, held) = (whole.priorities.len(), b.priorities.len());
+                    prop_assert!(stored == held || stored < 2 * held, "{stored} stored for {held}");
+                }
+            }
         }
         // Memory stays bounded by the cap plus one batch.
         prop_assert!(most_held <= k + k / 10 + 25, "held {most_held} rows for k = {k}");
@@ -206,7 +239,7 @@ proptest! {
             .iter()
             .filter(|r| spec.bucket_of(r.arrival, r.index) >= first)
             .collect();
-        let snap = w.snapshot(now, total);
+        let snap = w.snapshot(now, total, &|id| store.whole(id));
         prop_assert_eq!(snap.records, inside.len() as u64);
         prop_assert_eq!(w.records(now, total), inside.len() as u64);
 
@@ -247,7 +280,7 @@ proptest! {
 
         // What the store holds rebuilds the same window.
         let restored = store.restore(spec.clone(), limits);
-        prop_assert_eq!(restored.snapshot(now, total), snap);
+        prop_assert_eq!(restored.snapshot(now, total, &|id| store.whole(id)), snap);
         prop_assert_eq!(restored.threshold(now, total), w.threshold(now, total));
     }
 }
@@ -296,15 +329,16 @@ fn a_steady_stream_keeps_about_k_rows_and_a_full_sample() {
         max_categories: 10,
     };
     let mut w = Window::new(spec, limits, Arc::new(binning()), SEED);
+    let mut store = FakeStore::default();
     let mut total = 0;
     for s in 0..600i64 {
         let xs: Vec<f64> = (0..200).map(|i| f64::from(i % 100)).collect();
         let cs = vec!["k1".to_string(); 200];
-        w.apply(&batch(xs, cs), 0, s * 1000, total, &mut Changes::default());
+        store.apply(&mut w, &batch(xs, cs), s * 1000, total);
         total += 200;
     }
     let now = 599 * 1000;
-    let snap = w.snapshot(now, total);
+    let snap = w.snapshot(now, total, &|id| store.whole(id));
     assert_eq!(snap.records, 300 * 200);
     let held: usize = w.buckets.values().map(|b| b.priorities.len()).sum();
     assert!(held <= 1100, "held {held}");
@@ -372,37 +406,59 @@ fn a_live_copy_is_a_point_in_time_copy_that_shares_unchanged_buckets() {
         max_categories: 10,
     };
     let mut w = Window::new(spec, limits, Arc::new(binning()), SEED);
+    let mut store = FakeStore::default();
     let mut total = 0;
-    let feed = |w: &mut Window, s: i64, total: &mut u64| {
+    let feed = |w: &mut Window, store: &mut FakeStore, s: i64, total: &mut u64| {
         let xs: Vec<f64> = (0..40).map(|i| f64::from(i % 100) + s as f64).collect();
         let cs = vec!["k1".to_string(); 40];
-        w.apply(&batch(xs, cs), 0, s * 1000, *total, &mut Changes::default());
+        store.apply(w, &batch(xs, cs), s * 1000, *total);
         *total += 40;
     };
     for s in 0..30 {
-        feed(&mut w, s, &mut total);
+        feed(&mut w, &mut store, s, &mut total);
     }
     let now = 29_000;
     let copy = w.live_copy(now, total);
-    let before = copy.snapshot(now, total);
-    assert_eq!(before, w.snapshot(now, total));
+    let before = copy.snapshot(now, total, &|id| store.whole(id));
+    assert_eq!(before, w.snapshot(now, total, &|id| store.whole(id)));
     // Closed buckets are shared, not copied.
     let closed = w.buckets.keys().next().copied().unwrap();
     assert!(Arc::ptr_eq(&w.buckets[&closed], &copy.buckets[&closed]));
-    // The writer goes on (the open bucket grows, the sample is pruned);
-    // the copy does not move.
+    // The writer goes on (the open bucket grows and closes, the sample is
+    // pruned, closed buckets pruned to half are stored again); the copy's
+    // counts do not move, and its sample can only lose rows: the bottom of
+    // the same rows under the lower threshold the store now has.
     for s in 30..45 {
-        feed(&mut w, s, &mut total);
+        feed(&mut w, &mut store, s, &mut total);
     }
-    assert_eq!(copy.snapshot(now, total - 15 * 40), before);
-    assert_ne!(w.snapshot(44_000, total), before);
+    let after = copy.snapshot(now, total - 15 * 40, &|id| store.whole(id));
+    let sample = |s: &Snapshot| match &s.features["x"].data {
+        SampleData::Numeric { sample, bins, sum } => (sample.clone(), bins.clone(), *sum),
+        other => panic!("x is {other:?}"),
+    };
+    let ((xs_before, bins_before, sum_before), (xs_after, bins_after, sum_after)) =
+        (sample(&before), sample(&after));
+    assert_eq!(after.records, before.records);
+    assert_eq!(after.features["c"], before.features["c"]);
+    assert_eq!((bins_after, sum_after), (bins_before, sum_before));
+    assert!(after.sample_rows > 0 && after.sample_rows <= before.sample_rows);
+    let mut left = xs_before.clone();
+    for x in &xs_after {
+        let at = left.iter().position(|y| y == x);
+        assert!(
+            at.is_some(),
+            "{x} is not in the copy's sample {xs_before:?}"
+        );
+        left.remove(at.unwrap_or_default());
+    }
+    assert_ne!(w.snapshot(44_000, total, &|id| store.whole(id)), before);
 }
 
-/// Only the newest bucket lives on per-batch deltas (the store takes a whole
-/// state as a bucket's full content): a batch that lands in an older bucket,
-/// because the clock went back, stores that bucket whole again.
+/// A closed bucket's values live in the store only, so it never changes
+/// again: a batch whose arrival time falls in it (the clock went back)
+/// joins the newest bucket.
 #[test]
-fn a_write_to_an_older_bucket_stores_it_whole() {
+fn a_record_from_the_past_joins_the_newest_bucket() {
     let spec = WindowSpec::parse("5m/10s").unwrap();
     let limits = Limits {
         sample_size: 1000,
@@ -415,15 +471,96 @@ fn a_write_to_an_older_bucket_stores_it_whole() {
     assert!(ch.closed.is_empty(), "the newest bucket takes deltas");
     let mut ch = Changes::default();
     w.apply(&one(), 0, 30_000, 10, &mut ch);
+    let two = 2 << SEGMENT_BITS;
+    let three = 3 << SEGMENT_BITS;
     assert_eq!(
-        ch.closed.iter().copied().collect::<Vec<_>>(),
-        [2],
+        ch.closed.keys().copied().collect::<Vec<_>>(),
+        [two],
         "bucket 2 closes"
     );
+    let whole = &ch.closed[&two];
+    assert_eq!((whole.rows, whole.priorities.len()), (10, 10));
+    assert_eq!(
+        whole.values["x"],
+        vec![1.0; 10],
+        "the store gets the values"
+    );
+    let kept = w.bucket(two).unwrap();
+    assert!(kept.spilled && kept.values.is_empty(), "memory does not");
+    assert_eq!(kept.priorities, whole.priorities);
     let mut ch = Changes::default();
     w.apply(&one(), 0, 25_000, 20, &mut ch);
     assert_eq!(ch.deltas.len(), 1);
-    assert_eq!(ch.deltas[0].0, 2);
-    assert_eq!(ch.closed.iter().copied().collect::<Vec<_>>(), [2]);
-    assert_eq!(w.bucket(2).map(|b| b.rows), Some(20));
+    assert_eq!(ch.deltas[0].0, three);
+    assert!(ch.closed.is_empty());
+    assert_eq!(w.bucket(two).map(|b| b.rows), Some(10));
+    assert_eq!(w.bucket(three).map(|b| b.rows), Some(20));
+}
+
+/// A closed bucket the store cannot give back (it left the window and was
+/// deleted after the copy was taken), or gives back with other rows, is
+/// left out of the snapshot whole: counts and sample then cover the other
+/// buckets exactly.
+#[test]
+fn a_snapshot_leaves_out_a_closed_bucket_it_cannot_read_back() {
+    let spec = WindowSpec::parse("30s/10s").unwrap();
+    let limits = Limits {
+        sample_size: 1000,
+        max_categories: 10,
+    };
+    let mut w = Window::new(spec, limits, Arc::new(binning()), SEED);
+    let mut store = FakeStore::default();
+    // Bucket 0 holds 1.0s, bucket 1 holds 2.0s, bucket 2 (open) 3.0s.
+    for (i, t) in [1_000i64, 11_000, 21_000].into_iter().enumerate() {
+        let x = (i + 1) as f64;
+        let rows = 10 * (i + 1);
+        store.apply(
+            &mut w,
+            &batch(vec![x; rows], vec!["k1".to_string(); rows]),
+            t,
+            (10 * i * (i + 1) / 2) as u64,
+        );
+    }
+    let total = 60;
+    let now = 21_000;
+    let sample = |snap: &Snapshot| match &snap.features["x"].data {
+        SampleData::Numeric { sample, .. } => sample.clone(),
+        other => panic!("x is {other:?}"),
+    };
+    let all = w.snapshot(now, total, &|id| store.whole(id));
+    assert_eq!(all.records, 60);
+    assert_eq!(
+        sample(&all),
+        [vec![1.0; 10], vec![2.0; 20], vec![3.0; 30]].concat()
+    );
+
+    // Bucket 1 is gone from the store.
+    let gone = w.snapshot(now, total, &|id| {
+        if id >> SEGMENT_BITS == 1 {
+            None
+        } else {
+            store.whole(id)
+        }
+    });
+    assert_eq!(gone.records, 40);
+    assert_eq!(gone.features["x"].n, 40);
+    assert_eq!(
+        gone.features["c"].data,
+        SampleData::Categorical([("k1".to_string(), 40)].into())
+    );
+    assert_eq!(sample(&gone), [vec![1.0; 10], vec![3.0; 30]].concat());
+
+    // Bucket 0 comes back with other rows than the window holds.
+    let other = w.snapshot(now, total, &|id| {
+        let mut b = store.whole(id)?;
+        if id >> SEGMENT_BITS == 0 {
+            b.priorities.pop();
+            b.values.values_mut().for_each(|v| {
+                v.pop();
+            });
+        }
+        Some(b)
+    });
+    assert_eq!(other.records, 50);
+    assert_eq!(sample(&other), [vec![2.0; 20], vec![3.0; 30]].concat());
 }
