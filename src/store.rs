@@ -663,18 +663,22 @@ impl SpillDir {
         self.window_dir(key, window).join(bucket.to_string())
     }
 
-    /// Writes one file; on failure the file is gone and reads fall back to
-    /// sled.
+    /// Writes one file, under a temporary name renamed over the old one
+    /// so that the evaluator never reads half of it; on failure the file is
+    /// gone and reads fall back to sled.
     fn write(&self, path: &Path, bytes: &[u8]) {
         let old = std::fs::metadata(path).map_or(0, |m| m.len());
+        let tmp = path.with_extension("tmp");
         let written = path
             .parent()
             .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|()| std::fs::write(path, bytes));
+            .and_then(|()| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, path));
         match written {
             Ok(()) => self.account(bytes.len() as u64, old),
             Err(error) => {
                 self.account(0, old);
+                let _ = std::fs::remove_file(&tmp);
                 let _ = std::fs::remove_file(path);
                 tracing::debug!(path = %path.display(), error = %error, "Writing a spilled bucket failed; it is read from sled");
             }

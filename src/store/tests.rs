@@ -250,8 +250,19 @@ async fn other_schema_version_is_refused() {
         meta.insert(SCHEMA_KEY, &99u32.to_be_bytes()).unwrap();
         db.flush().unwrap();
     }
-    let err = Store::open(&cfg(dir.path())).unwrap_err();
-    assert!(matches!(err, Error::Schema { found: 99, .. }), "{err}");
+    // sled's background threads can hold the directory's lock for a
+    // moment after the handle is dropped: wait for it (bounded).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let err = loop {
+        match Store::open(&cfg(dir.path())) {
+            Err(Error::Open { .. }) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(e) => break e,
+            Ok(_) => panic!("a store of schema version 99 was opened"),
+        }
+    };
+    assert!(matches!(err, Error::Schema { found: 99, .. }), "{err:?}");
 }
 
 #[test]
