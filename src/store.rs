@@ -643,9 +643,11 @@ impl SpillDir {
     /// The directory of one window of one version (its names hashed: they
     /// may hold characters a file name cannot).
     fn window_dir(&self, key: &ModelKey, window: &str) -> PathBuf {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let hex: String = Sha256::digest(version_prefix(key))
             .iter()
-            .map(|b| format!("{b:02x}"))
+            .flat_map(|b| [HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]])
+            .map(char::from)
             .collect();
         self.root.join(hex).join(window)
     }
@@ -669,11 +671,16 @@ impl SpillDir {
     fn write(&self, path: &Path, bytes: &[u8]) {
         let old = std::fs::metadata(path).map_or(0, |m| m.len());
         let tmp = path.with_extension("tmp");
-        let written = path
-            .parent()
-            .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|()| std::fs::write(&tmp, bytes))
-            .and_then(|()| std::fs::rename(&tmp, path));
+        // The directories exist for all but a window's first file: create
+        // them only when the write says so, not on every close.
+        let written = match std::fs::write(&tmp, bytes) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => path
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| std::fs::write(&tmp, bytes)),
+            other => other,
+        }
+        .and_then(|()| std::fs::rename(&tmp, path));
         match written {
             Ok(()) => self.account(bytes.len() as u64, old),
             Err(error) => {
