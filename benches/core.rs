@@ -380,13 +380,27 @@ fn evaluation(c: &mut Criterion) {
                 .iter()
                 .map(|(id, t)| (name.clone(), *id, *t))
                 .collect(),
+            rewrites: ch
+                .rewrite
+                .iter()
+                .map(|(id, t)| (name.clone(), *id, *t))
+                .collect(),
             removed: ch.removed.iter().map(|id| (name.clone(), *id)).collect(),
             ..Commit::default()
         };
-        if !(commit.wholes.is_empty() && commit.taus.is_empty() && commit.removed.is_empty()) {
+        if !(commit.wholes.is_empty()
+            && commit.taus.is_empty()
+            && commit.rewrites.is_empty()
+            && commit.removed.is_empty())
+        {
             store
                 .commit(&key, &commit)
                 .unwrap_or_else(|e| panic!("{e}"));
+        }
+        for (id, tau) in &ch.rewrite {
+            if let Some(b) = in_memory.get_mut(id) {
+                b.prune(*tau);
+            }
         }
         in_memory.extend(ch.closed);
         for id in ch.removed {

@@ -49,7 +49,10 @@
 //! first bucket takes the whole sample. A closed bucket pruned to half the
 //! rows it was stored with is stored again without them
 //! ([`Changes::rewrite`]), so what an evaluation reads back stays under
-//! twice the sample. Only the newest bucket takes records: a record whose
+//! twice the sample; at most [`REWRITES_PER_BATCH`] per batch, the rest
+//! wait their turn (a window's first fill halves every closed bucket at
+//! once, and rewriting them all in one commit made the daemon's largest
+//! memory peak). Only the newest bucket takes records: a record whose
 //! arrival time falls in an older bucket (the clock went back) joins the
 //! newest one, so a closed bucket never changes again except by pruning.
 //!
@@ -81,6 +84,10 @@ pub const KEEP_ALL: u64 = u64::MAX;
 /// one opening when the open segment holds a sixteenth of the sample in
 /// memory. The key of segment `s` of span bucket `b` is `b << 16 | s`.
 pub const SEGMENT_BITS: u32 = 16;
+
+/// Closed buckets a window asks the store to rewrite per batch
+/// ([`Changes::rewrite`]); others due wait for the next batches.
+pub const REWRITES_PER_BATCH: usize = 2;
 
 /// How a window is cut into buckets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -530,6 +537,9 @@ pub struct Window {
     buckets: BTreeMap<u64, Arc<Bucket>>,
     /// Sampled rows of each closed bucket as last stored whole.
     written: BTreeMap<u64, usize>,
+    /// Closed buckets pruned to half the rows last stored whole, waiting
+    /// for their turn to be rewritten.
+    due: BTreeSet<u64>,
 }
 
 /// A point-in-time copy of a window, prepared for the statistics.
@@ -602,6 +612,7 @@ impl Window {
             seed,
             buckets: BTreeMap::new(),
             written: BTreeMap::new(),
+            due: BTreeSet::new(),
         }
     }
 
@@ -638,6 +649,7 @@ impl Window {
             seed,
             buckets,
             written,
+            due: BTreeSet::new(),
         }
     }
 
@@ -673,6 +685,7 @@ impl Window {
                 .map(|(k, b)| (*k, Arc::clone(b)))
                 .collect(),
             written: BTreeMap::new(),
+            due: BTreeSet::new(),
         }
     }
 
@@ -819,10 +832,32 @@ impl Window {
                 // The whole state includes this batch's pruning.
                 changes.pruned.remove(&id);
                 changes.rewrite.remove(&id);
+                self.due.remove(&id);
                 self.written.insert(id, b.priorities.len());
                 changes.closed.insert(id, Bucket::spill(b));
             }
         }
+        self.rewrite_due(changes);
+    }
+
+    /// Asks for the rewrite of at most [`REWRITES_PER_BATCH`] due buckets,
+    /// oldest first, under their current thresholds.
+    fn rewrite_due(&mut self, changes: &mut Changes) {
+        while changes.rewrite.len() < REWRITES_PER_BATCH {
+            let Some(id) = self.due.pop_first() else {
+                break;
+            };
+            if let (Some(b), Some(w)) = (self.buckets.get(&id), self.written.get_mut(&id)) {
+                *w = b.priorities.len();
+                changes.pruned.remove(&id);
+                changes.rewrite.insert(id, b.tau);
+            }
+        }
+    }
+
+    /// Closed buckets due for a rewrite that have not had their turn.
+    pub fn rewrites_due(&self) -> usize {
+        self.due.len()
     }
 
     /// Drops buckets that left the window; returns their ids.
@@ -831,6 +866,7 @@ impl Window {
         let keep = self.buckets.split_off(&first);
         let gone = std::mem::replace(&mut self.buckets, keep);
         self.written = self.written.split_off(&first);
+        self.due = self.due.split_off(&first);
         gone.into_keys().collect()
     }
 
@@ -875,14 +911,13 @@ impl Window {
             if b.tau > tau {
                 let b = Arc::make_mut(b);
                 b.prune(tau);
-                match self.written.get_mut(&id) {
-                    Some(w) if b.priorities.len() * 2 <= *w => {
-                        *w = b.priorities.len();
-                        changes.rewrite.insert(id, tau);
-                    }
-                    _ => {
-                        changes.pruned.insert(id, tau);
-                    }
+                changes.pruned.insert(id, tau);
+                if self
+                    .written
+                    .get(&id)
+                    .is_some_and(|&w| b.priorities.len() * 2 <= w)
+                {
+                    self.due.insert(id);
                 }
             }
         }

@@ -384,13 +384,78 @@ fn big_bucket(rows: usize, x: f64) -> Bucket {
     }
 }
 
+/// `b` as `load` gives back a closed bucket: without its sampled values.
+fn closed(b: &Bucket) -> Bucket {
+    Bucket {
+        values: BTreeMap::new(),
+        ..b.clone()
+    }
+}
+
+/// `load` keeps the sampled values of each window's newest bucket only
+/// (what a restored window holds in memory), in every window of every
+/// version; the others are read back whole from their files.
+#[test]
+fn a_load_keeps_sampled_values_only_for_each_windows_newest_bucket() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&cfg(&dir.path().join("data"))).unwrap();
+    let (a, b) = (key("a", "1"), key("b", "1"));
+    let whole = |i: u64| big_bucket(100 + i as usize, i as f64);
+    let wholes = |w: &str, ids: &[u64]| -> Vec<(String, u64, Bucket)> {
+        ids.iter().map(|&i| (w.to_string(), i, whole(i))).collect()
+    };
+    let mut in_a = wholes("5m", &[1, 2, 3]);
+    in_a.extend(wholes("1h", &[1, 2]));
+    s.commit(
+        &a,
+        &Commit {
+            wholes: in_a,
+            deltas: vec![("1h".into(), 3, 0, bucket(1, 1.0))],
+            meta: meta(1),
+            ..Commit::default()
+        },
+    )
+    .unwrap();
+    s.commit(
+        &b,
+        &Commit {
+            wholes: wholes("5m", &[1]),
+            meta: meta(1),
+            ..Commit::default()
+        },
+    )
+    .unwrap();
+    let loaded = s.load().unwrap();
+    let held = |v: usize, w: &str, id: u64| loaded[v].windows[w][&id].whole.clone();
+    assert_eq!(loaded[0].key, a);
+    assert_eq!(held(0, "5m", 1), Some(closed(&whole(1))));
+    assert_eq!(held(0, "5m", 2), Some(closed(&whole(2))));
+    assert_eq!(
+        held(0, "5m", 3),
+        Some(whole(3)),
+        "the newest keeps its values"
+    );
+    assert_eq!(held(0, "1h", 1), Some(closed(&whole(1))));
+    assert_eq!(
+        held(0, "1h", 2),
+        Some(closed(&whole(2))),
+        "bucket 3 is newer"
+    );
+    assert_eq!(held(1, "5m", 1), Some(whole(1)), "another version's window");
+    for (k, w, id) in [(&a, "5m", 1), (&a, "5m", 2), (&a, "1h", 2), (&b, "5m", 1)] {
+        assert_eq!(s.read_whole(k, w, id).unwrap(), Some(whole(id)), "{w} {id}");
+    }
+}
+
 /// Whole states and deltas larger than a chunk are stored as several keys
 /// of at most `CHUNK_BYTES` and read back equal; a whole state stored again
 /// smaller leaves none of the old chunks; a removed one is gone at once
 /// (its first chunk) and its other chunks are deleted later, also after a
 /// restart; a chunk missing inside a value is corruption. `read_whole`
 /// (what the evaluator reads closed buckets back with) gives the last whole
-/// state, and nothing once it is removed or for a bucket never stored whole.
+/// state, and nothing once it is removed or for a bucket never stored whole;
+/// `load` gives it without its sampled values unless the bucket is its
+/// window's newest.
 #[test]
 fn large_values_are_stored_in_chunks_and_removed_by_their_first_chunk() {
     let dir = tempfile::tempdir().unwrap();
@@ -442,7 +507,7 @@ fn large_values_are_stored_in_chunks_and_removed_by_their_first_chunk() {
         assert_eq!(sizes.len(), n_chunks(&whole));
         assert!(sizes.iter().all(|&n| n <= CHUNK_BYTES), "{sizes:?}");
         let w = &s.load().unwrap()[0].windows["5m"];
-        assert_eq!(w[&1].whole.as_ref(), Some(&whole));
+        assert_eq!(w[&1].whole.as_ref(), Some(&closed(&whole)));
         assert_eq!(s.read_whole(&a, "5m", 1).unwrap(), Some(whole.clone()));
         assert_eq!(s.read_whole(&a, "5m", 2).unwrap(), None, "deltas only");
         assert_eq!(s.read_whole(&a, "1h", 1).unwrap(), None, "another window");
@@ -460,7 +525,7 @@ fn large_values_are_stored_in_chunks_and_removed_by_their_first_chunk() {
         .unwrap();
         assert_eq!(whole_keys(1).len(), n_chunks(&smaller));
         let w = &s.load().unwrap()[0].windows["5m"];
-        assert_eq!(w[&1].whole.as_ref(), Some(&smaller));
+        assert_eq!(w[&1].whole.as_ref(), Some(&closed(&smaller)));
         assert_eq!(s.read_whole(&a, "5m", 1).unwrap(), Some(smaller.clone()));
 
         // Removed: only its first chunk goes with the commit, and the rest
@@ -638,7 +703,7 @@ fn a_rewrite_stores_a_closed_bucket_again_without_the_rows_it_dropped() {
         assert_eq!(s.read_whole(&a, "5m", 1).unwrap(), Some(expected.clone()));
         let loaded = s.load().unwrap();
         let w = &loaded[0].windows["5m"];
-        assert_eq!(w[&1].whole.as_ref(), Some(&expected));
+        assert_eq!(w[&1].whole.as_ref(), Some(&closed(&expected)));
         assert_eq!(w[&1].tau, None);
         assert_eq!((w[&7].whole.as_ref(), w[&7].tau), (None, Some(5)));
     }

@@ -552,14 +552,21 @@ impl Worker {
         let first = Instant::now();
         let mut k = 0u64;
         while !self.stopped() {
-            // Latency counts from the scheduled send time, so a daemon that
-            // falls behind is charged for the wait it causes (no
-            // coordinated omission).
+            // A call that could not go at its scheduled time because the
+            // previous one had not come back counts from that time, so a
+            // daemon that falls behind is charged for the wait it causes
+            // (no coordinated omission). A call that waited for its time
+            // counts from when it went: the timer's lateness (tokio wakes
+            // up to a millisecond after the deadline) is this generator's.
             let scheduled = match interval {
                 Some(iv) => {
                     let at = first + iv.mul_f64(k as f64);
-                    tokio::time::sleep_until(at.into()).await;
-                    at
+                    if Instant::now() >= at {
+                        at
+                    } else {
+                        tokio::time::sleep_until(at.into()).await;
+                        Instant::now()
+                    }
                 }
                 None => Instant::now(),
             };
