@@ -469,7 +469,22 @@ impl Backend for SledBackend {
                 return Err(wedged());
             }
         }
-        let fresh = Self::open_inner(&self.cfg)?;
+        // sled's background threads can hold the directory's lock for a
+        // moment after its handles are dropped.
+        let deadline = Instant::now() + CLOSE_WAIT;
+        let fresh = loop {
+            match Self::open_inner(&self.cfg) {
+                Err(Error::Open {
+                    source: sled::Error::Io(e),
+                    ..
+                }) if e.to_string().contains("could not acquire lock")
+                    && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => break other?,
+            }
+        };
         *self.inner.write().unwrap_or_else(|p| p.into_inner()) = Some(fresh);
         Ok(())
     }

@@ -384,6 +384,33 @@ fn big_bucket(rows: usize, x: f64) -> Bucket {
     }
 }
 
+/// A reopen (after every start-up's load, and after a failure) waits,
+/// bounded, while sled's lock on the directory is still held by handles
+/// that have not finished closing.
+#[test]
+fn a_reopen_waits_for_the_directory_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = SledBackend::open(&cfg(dir.path())).unwrap();
+    // Another handle to the same database keeps its files, and the lock,
+    // for 300 ms after the reopen drops its own.
+    let held = b
+        .inner
+        .read()
+        .unwrap()
+        .as_ref()
+        .map(|i| i.db.clone())
+        .unwrap();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        drop(held);
+    });
+    b.reopen().unwrap();
+    release.join().unwrap();
+    b.apply(Tree::Meta, vec![(b"k".to_vec(), Some(b"v".to_vec()))])
+        .unwrap();
+    assert_eq!(b.get(Tree::Meta, b"k").unwrap(), Some(b"v".to_vec()));
+}
+
 /// `b` as `load` gives back a closed bucket: without its sampled values.
 fn closed(b: &Bucket) -> Bucket {
     Bucket {
