@@ -1410,7 +1410,6 @@ impl Store {
                 purge.push_back(prefix);
             }
         }
-        drop(purge);
         Ok(out)
     }
 }

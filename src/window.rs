@@ -831,8 +831,6 @@ impl Window {
             if let Some(b) = self.buckets.get_mut(&id) {
                 // The whole state includes this batch's pruning.
                 changes.pruned.remove(&id);
-                changes.rewrite.remove(&id);
-                self.due.remove(&id);
                 self.written.insert(id, b.priorities.len());
                 changes.closed.insert(id, Bucket::spill(b));
             }
@@ -853,11 +851,6 @@ impl Window {
                 changes.rewrite.insert(id, b.tau);
             }
         }
-    }
-
-    /// Closed buckets due for a rewrite that have not had their turn.
-    pub fn rewrites_due(&self) -> usize {
-        self.due.len()
     }
 
     /// Drops buckets that left the window; returns their ids.

@@ -539,7 +539,7 @@ fn closed_buckets_due_for_a_rewrite_take_turns() {
         rewritten.len()
     );
     assert_eq!(most_at_once, REWRITES_PER_BATCH, "a few per batch");
-    let due = w.rewrites_due();
+    let due = w.due.len();
     for _ in 0..due.div_ceil(REWRITES_PER_BATCH) + 1 {
         let mut ch = Changes::default();
         w.apply(&ten(), 0, 1_000_000, total, &mut ch);
