@@ -786,10 +786,6 @@ impl Store {
         let res = std::panic::catch_unwind(move || -> Result<_, Error> {
             let store = Self::open(&cfg2)?;
             let loaded = store.load()?;
-            // The load pulled every page into sled's cache, which keeps
-            // pages read once (see the module notes on its LRU): on an
-            // hour's store, ~125 MB. Opening again starts with it empty.
-            store.backend.reopen()?;
             Ok((store, loaded))
         });
         match res {
