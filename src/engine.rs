@@ -1035,6 +1035,7 @@ async fn run_writer(
                     ) {
                         Ok((a, counts)) => ingest_acks.push((ack, a, enqueued, counts)),
                         Err(e) => {
+                            count_store_failure(&metrics, &e);
                             let _ = ack.send(Err(e));
                         }
                     },
@@ -1054,6 +1055,7 @@ async fn run_writer(
                         ) {
                             Ok(a) => reference_acks.push((ack, a)),
                             Err(e) => {
+                                count_store_failure(&metrics, &e);
                                 let _ = ack.send(Err(e));
                             }
                         }
@@ -1107,6 +1109,18 @@ async fn run_writer(
         tracing::error!(error = %error, "Final store flush failed");
     }
     tracing::info!("Ingest writer stopped");
+}
+
+/// Counts a write the store attempted and failed in
+/// `driftd_store_errors_total` (a write refused because an earlier one
+/// failed was counted then).
+fn count_store_failure(metrics: &Metrics, error: &Error) {
+    if let Error::Store(e) = error {
+        if !e.is_refusal() {
+            metrics.store_errors.inc();
+            tracing::error!(error = %e, "Store write failed; batch not acknowledged");
+        }
+    }
 }
 
 /// After a failed write or flush: reopens the store (at most once a second)
@@ -1972,7 +1986,142 @@ fn make_event(
 
 #[cfg(test)]
 mod tests {
-    use super::EvalThread;
+    use super::{Error, EvalThread};
+    use crate::domain::{Batch, Column, ModelKey, Role, Values};
+    use crate::metrics::Metrics;
+    use crate::store::{self, Backend, MemBackend, Store, Tree, Visit, Write};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tokio_util::sync::CancellationToken;
+    use tokio_util::task::TaskTracker;
+
+    /// A [`MemBackend`] whose writes fail while `full` is set, as sled's
+    /// do on a full disk; a reopen succeeds.
+    #[derive(Debug, Default)]
+    struct FullDisk {
+        mem: MemBackend,
+        full: AtomicBool,
+    }
+
+    impl Backend for FullDisk {
+        fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, store::Error> {
+            self.mem.get(tree, key)
+        }
+        fn scan(&self, tree: Tree, prefix: &[u8], f: &mut Visit<'_>) -> Result<(), store::Error> {
+            self.mem.scan(tree, prefix, f)
+        }
+        fn keys(
+            &self,
+            tree: Tree,
+            prefix: &[u8],
+            limit: usize,
+        ) -> Result<Vec<Vec<u8>>, store::Error> {
+            self.mem.keys(tree, prefix, limit)
+        }
+        fn apply(&self, tree: Tree, writes: Vec<Write>) -> Result<(), store::Error> {
+            if self.full.load(Ordering::Acquire) {
+                return Err(store::Error::Io {
+                    op: "write",
+                    source: sled::Error::Io(std::io::Error::from(std::io::ErrorKind::StorageFull)),
+                });
+            }
+            self.mem.apply(tree, writes)
+        }
+        fn flush(&self) -> Result<Duration, store::Error> {
+            self.mem.flush()
+        }
+        fn size_on_disk(&self) -> Result<u64, store::Error> {
+            self.mem.size_on_disk()
+        }
+        fn reopen(&self) -> Result<(), store::Error> {
+            self.mem.reopen()
+        }
+    }
+
+    fn batch(rows: usize) -> Batch {
+        Batch {
+            key: ModelKey {
+                model: "m".into(),
+                version: "v".into(),
+            },
+            columns: vec![Column {
+                name: "x".into(),
+                role: Role::Input,
+                values: Values::Numeric(vec![1.0; rows]),
+            }],
+            n_rows: rows,
+        }
+    }
+
+    /// A write that fails (not only a flush) is counted in
+    /// `driftd_store_errors_total`, once: the writes refused after it
+    /// until the store is reopened are not failures of their own.
+    #[tokio::test]
+    async fn a_failed_write_is_counted_and_the_refusals_after_it_are_not() {
+        let config = crate::config::load(None, Vec::new()).unwrap().1;
+        let backend = Arc::new(FullDisk::default());
+        let store = Store::with_backend("test".into(), backend.clone());
+        let metrics = Metrics::new();
+        let tracker = TaskTracker::new();
+        let cancel = CancellationToken::new();
+        let outbox = crate::webhook::Outbox::start(
+            config.webhook.clone(),
+            store.clone(),
+            metrics.clone(),
+            &tracker,
+            cancel.clone(),
+        )
+        .unwrap();
+        let engine = super::start(
+            config.engine.clone(),
+            16,
+            store.clone(),
+            Vec::new(),
+            metrics.clone(),
+            outbox,
+            &tracker,
+            cancel.clone(),
+        )
+        .unwrap();
+        assert_eq!(engine.ingest(batch(10)).await.unwrap().records, 10);
+
+        backend.full.store(true, Ordering::Release);
+        let refused = engine.ingest(batch(5)).await.unwrap_err();
+        assert!(
+            matches!(refused, Error::Store(store::Error::Io { .. })),
+            "{refused:?}"
+        );
+        assert_eq!(metrics.store_errors.get(), 1);
+        // The next group finds the store failed and reopens it (at most
+        // once a second); its write fails again and is counted again.
+        let again = engine.ingest(batch(5)).await.unwrap_err();
+        assert!(matches!(again, Error::Store(_)), "{again:?}");
+        let counted = metrics.store_errors.get();
+        // Within the second after that reopen, writes are refused unseen.
+        let refused = engine.ingest(batch(5)).await.unwrap_err();
+        assert!(
+            matches!(refused, Error::Store(store::Error::Failed(_))),
+            "{refused:?}"
+        );
+        assert_eq!(metrics.store_errors.get(), counted);
+
+        backend.full.store(false, Ordering::Release);
+        let mut acked = None;
+        for _ in 0..40 {
+            if let Ok(a) = engine.ingest(batch(7)).await {
+                acked = Some(a);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(acked.expect("ingest works after a reopen").records, 7);
+        assert!(metrics.store_recoveries.get() >= 1);
+        drop(engine);
+        cancel.cancel();
+        tracker.close();
+        tracker.wait().await;
+    }
 
     /// The nice value of the calling thread, from /proc (field 19 of
     /// `stat`, after the parenthesised command name).

@@ -174,6 +174,12 @@ pub enum Error {
 }
 
 impl Error {
+    /// True when the store refused a write without attempting it: an
+    /// earlier write or flush failed, or the store is stuck.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Error::Failed(_) | Error::Wedged { .. })
+    }
+
     /// True when the data on disk is unreadable, as opposed to locked by
     /// another process, written by another schema version or an I/O failure
     /// of the moment. Only these are worth quarantining.
