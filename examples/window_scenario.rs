@@ -3,6 +3,9 @@
 //! 20,000 records/s for one hour of simulated time, through the real engine
 //! and sled store (no gRPC). Prints the process's RSS, the store's size on
 //! disk, and how long a restart on that store takes to restore everything.
+//! Names are `driftd-loadgen`'s (`model-000`, `f000`) and the simulated
+//! hour ends now, so the daemon and the loadgen can go on with the store
+//! (BENCHMARKS.md, "Restart on a full store").
 //! It uses the daemon's allocator (jemalloc, with the options built into it),
 //! counting live heap bytes.
 //!
@@ -101,12 +104,12 @@ impl Gen {
 fn batch(model: usize, g: &mut Gen) -> Batch {
     Batch {
         key: ModelKey {
-            model: format!("model-{model}"),
+            model: format!("model-{model:03}"),
             version: "v1".into(),
         },
         columns: (0..FEATURES)
             .map(|f| Column {
-                name: format!("feature_{f:02}"),
+                name: format!("f{f:03}"),
                 role: Role::Input,
                 values: Values::Numeric((0..ROWS_PER_BATCH).map(|_| g.next()).collect()),
             })
@@ -169,7 +172,13 @@ async fn main() {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join("driftd-window-scenario"));
     let _ = std::fs::remove_dir_all(&dir);
-    let now = Arc::new(AtomicI64::new(1_800_000_000_000));
+    // The simulated time ends at the wall clock's present, so that a daemon
+    // started on the store afterwards finds the windows current.
+    let wall_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64;
+    let now = Arc::new(AtomicI64::new(wall_ms - minutes as i64 * 60_000));
     // DRIFTD_* variables apply, e.g. DRIFTD_WINDOW__SAMPLE_SIZE.
     let mut config: Config = driftd::config::load(None, std::env::vars())
         .expect("valid configuration")
@@ -228,10 +237,10 @@ async fn main() {
     let (handle, _store, tracker, cancel, took) = start(&config).await;
     let status = handle
         .reader()
-        .status("model-0", Some("v1"))
+        .status("model-000", Some("v1"))
         .expect("restored");
     println!(
-        "restart: store opened and every window restored in {:.2} s; model-0 windows: {}",
+        "restart: store opened and every window restored in {:.2} s; model-000 windows: {}",
         took.as_secs_f64(),
         status[0]
             .windows

@@ -1486,7 +1486,7 @@ async fn run_evaluator(
             _ = cancel.cancelled() => break,
             _ = tick.tick() => {}
         }
-        evaluate_all(&shared, &store, &metrics, &webhooks, &thread).await;
+        evaluate_all(&shared, &store, &metrics, &webhooks, &thread, &cancel).await;
     }
     tracing::info!("Evaluator stopped");
 }
@@ -1499,6 +1499,7 @@ async fn evaluate_all(
     metrics: &Metrics,
     webhooks: &webhook::Outbox,
     thread: &EvalThread,
+    cancel: &CancellationToken,
 ) {
     let started = Instant::now();
     let now = shared.cfg.clock.now_ms();
@@ -1516,10 +1517,19 @@ async fn evaluate_all(
         };
         let shared = shared.clone();
         let store = store.clone();
-        match thread
-            .run(move || evaluate_version(work, &shared.cfg, &store, now))
-            .await
-        {
+        // Shutdown does not wait for the statistics (with drift, the exact
+        // KS p-values of 10,000-value samples take seconds per version):
+        // nothing of the round has been written yet, and the thread's
+        // result is dropped.
+        let stats = thread.run(move || evaluate_version(work, &shared.cfg, &store, now));
+        let done = tokio::select! {
+            done = stats => done,
+            () = cancel.cancelled() => {
+                tracing::info!("Evaluation round abandoned: shutting down");
+                return;
+            }
+        };
+        match done {
             Some(report) => reports.push(report),
             None => {
                 tracing::error!("Evaluation failed (the evaluation thread panicked)");
@@ -2057,11 +2067,18 @@ mod tests {
     /// A write that fails (not only a flush) is counted in
     /// `driftd_store_errors_total`, once: the writes refused after it
     /// until the store is reopened are not failures of their own.
-    #[tokio::test]
-    async fn a_failed_write_is_counted_and_the_refusals_after_it_are_not() {
-        let config = crate::config::load(None, Vec::new()).unwrap().1;
-        let backend = Arc::new(FullDisk::default());
-        let store = Store::with_backend("test".into(), backend.clone());
+    struct Running {
+        engine: super::Handle,
+        metrics: Metrics,
+        tracker: TaskTracker,
+        cancel: CancellationToken,
+    }
+
+    /// The engine on `backend`, configured by `DRIFTD_*` pairs.
+    fn start_engine(env: &[(&str, &str)], backend: Arc<dyn Backend>) -> Running {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        let config = crate::config::load(None, env).unwrap().1;
+        let store = Store::with_backend("test".into(), backend);
         let metrics = Metrics::new();
         let tracker = TaskTracker::new();
         let cancel = CancellationToken::new();
@@ -2076,7 +2093,7 @@ mod tests {
         let engine = super::start(
             config.engine.clone(),
             16,
-            store.clone(),
+            store,
             Vec::new(),
             metrics.clone(),
             outbox,
@@ -2084,6 +2101,23 @@ mod tests {
             cancel.clone(),
         )
         .unwrap();
+        Running {
+            engine,
+            metrics,
+            tracker,
+            cancel,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_is_counted_and_the_refusals_after_it_are_not() {
+        let backend = Arc::new(FullDisk::default());
+        let Running {
+            engine,
+            metrics,
+            tracker,
+            cancel,
+        } = start_engine(&[], backend.clone());
         assert_eq!(engine.ingest(batch(10)).await.unwrap().records, 10);
 
         backend.full.store(true, Ordering::Release);
@@ -2121,6 +2155,81 @@ mod tests {
         cancel.cancel();
         tracker.close();
         tracker.wait().await;
+    }
+
+    /// `features` columns of `rows` values `shift + u`, `u` uniform in
+    /// [0, 1) (a fixed xorshift sequence).
+    fn uniform_batch(rows: usize, features: usize, shift: f64, seed: &mut u64) -> Batch {
+        let mut next = || {
+            *seed ^= *seed << 13;
+            *seed ^= *seed >> 7;
+            *seed ^= *seed << 17;
+            shift + (*seed >> 11) as f64 / (1u64 << 53) as f64
+        };
+        Batch {
+            key: ModelKey {
+                model: "m".into(),
+                version: "v".into(),
+            },
+            columns: (0..features)
+                .map(|f| Column {
+                    name: format!("f{f}"),
+                    role: Role::Input,
+                    values: Values::Numeric((0..rows).map(|_| next()).collect()),
+                })
+                .collect(),
+            n_rows: rows,
+        }
+    }
+
+    /// Shutdown does not wait for an evaluation round: with strong drift
+    /// the exact KS p-values of 10,000-value windows against a 5,000-value
+    /// reference take ~0.4 s per feature and window, ~40 s for this
+    /// version, and the engine stops within seconds.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_does_not_wait_for_an_evaluation_round() {
+        let Running {
+            engine,
+            metrics,
+            tracker,
+            cancel,
+        } = start_engine(
+            &[
+                ("DRIFTD_REFERENCE__WARMUP_SAMPLES", "5000"),
+                ("DRIFTD_EVALUATION__INTERVAL", "100ms"),
+            ],
+            Arc::new(MemBackend::default()),
+        );
+        let mut seed = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..5 {
+            engine
+                .ingest_waiting(uniform_batch(1000, 50, 0.0, &mut seed), None)
+                .await
+                .unwrap();
+        }
+        for _ in 0..10 {
+            engine
+                .ingest_waiting(uniform_batch(1000, 50, 0.5, &mut seed), None)
+                .await
+                .unwrap();
+        }
+        // Rounds start every 100 ms; let one start on the drifted windows.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let rounds = metrics.evaluation_duration.get_sample_count();
+        let stopping = std::time::Instant::now();
+        drop(engine);
+        cancel.cancel();
+        tracker.close();
+        tokio::time::timeout(Duration::from_secs(30), tracker.wait())
+            .await
+            .expect("the engine stops without finishing the round");
+        let took = stopping.elapsed();
+        assert!(took < Duration::from_secs(5), "stopping took {took:?}");
+        assert_eq!(
+            metrics.evaluation_duration.get_sample_count(),
+            rounds,
+            "the abandoned round is not counted"
+        );
     }
 
     /// The nice value of the calling thread, from /proc (field 19 of
