@@ -1521,7 +1521,7 @@ async fn evaluate_all(
         // KS p-values of 10,000-value samples take seconds per version):
         // nothing of the round has been written yet, and the thread's
         // result is dropped.
-        let stats = thread.run(move || evaluate_version(work, &shared.cfg, &store, now));
+        let stats = thread.run(move || evaluate_version(work, &shared.cfg, store, now));
         let done = tokio::select! {
             done = stats => done,
             () = cancel.cancelled() => {
@@ -1754,7 +1754,10 @@ struct Evaluated {
 
 /// Statistics of every window, then every rule on the window it judges;
 /// runs off the lock.
-fn evaluate_version(w: Work, cfg: &EngineConfig, store: &Store, now: i64) -> Evaluated {
+/// Takes the store by value and lets go of it once the snapshots are
+/// read: a round abandoned at shutdown then holds no store handle while
+/// its statistics finish.
+fn evaluate_version(w: Work, cfg: &EngineConfig, store: Store, now: i64) -> Evaluated {
     // Closed buckets' sampled values come back from the store. One that
     // cannot be read (it left the window since the copy, or the store
     // failed) is left out of the snapshot.
@@ -1784,6 +1787,7 @@ fn evaluate_version(w: Work, cfg: &EngineConfig, store: &Store, now: i64) -> Eva
             (name, snap, reference)
         })
         .collect();
+    drop(store);
     let mut windows: Vec<(String, Report, Option<Arc<Reference>>)> = snaps
         .into_iter()
         .map(|(name, snap, reference)| {
@@ -2064,9 +2068,7 @@ mod tests {
         }
     }
 
-    /// A write that fails (not only a flush) is counted in
-    /// `driftd_store_errors_total`, once: the writes refused after it
-    /// until the store is reopened are not failures of their own.
+    /// A started engine and what a test needs to watch and stop it.
     struct Running {
         engine: super::Handle,
         metrics: Metrics,
@@ -2109,6 +2111,9 @@ mod tests {
         }
     }
 
+    /// A write that fails (not only a flush) is counted in
+    /// `driftd_store_errors_total`, once: the writes refused after it
+    /// until the store is reopened are not failures of their own.
     #[tokio::test]
     async fn a_failed_write_is_counted_and_the_refusals_after_it_are_not() {
         let backend = Arc::new(FullDisk::default());
@@ -2188,6 +2193,7 @@ mod tests {
     /// version, and the engine stops within seconds.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn shutdown_does_not_wait_for_an_evaluation_round() {
+        let backend = Arc::new(MemBackend::default());
         let Running {
             engine,
             metrics,
@@ -2198,7 +2204,7 @@ mod tests {
                 ("DRIFTD_REFERENCE__WARMUP_SAMPLES", "5000"),
                 ("DRIFTD_EVALUATION__INTERVAL", "100ms"),
             ],
-            Arc::new(MemBackend::default()),
+            backend.clone(),
         );
         let mut seed = 0x9e37_79b9_7f4a_7c15;
         for _ in 0..5 {
@@ -2230,6 +2236,9 @@ mod tests {
             rounds,
             "the abandoned round is not counted"
         );
+        // The statistics still running hold no store handle: an in-process
+        // restart could not open a sled store held open.
+        assert_eq!(Arc::strong_count(&backend), 1);
     }
 
     /// The nice value of the calling thread, from /proc (field 19 of

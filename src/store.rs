@@ -277,7 +277,7 @@ const SETTLE_EVERY: usize = 16 * 1024 * 1024;
 const SETTLE_MIN: usize = 4 * 1024 * 1024;
 
 /// Keys spread over what a scan read since it last settled: one per
-/// [`KeySample::STRIDE`] bytes (about one per sled leaf, see
+/// [`KeySample::STRIDE`] bytes (two or three per full sled leaf, see
 /// [`CHUNK_BYTES`]).
 #[derive(Debug, Default)]
 struct KeySample {
