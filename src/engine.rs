@@ -2053,21 +2053,6 @@ mod tests {
         }
     }
 
-    fn batch(rows: usize) -> Batch {
-        Batch {
-            key: ModelKey {
-                model: "m".into(),
-                version: "v".into(),
-            },
-            columns: vec![Column {
-                name: "x".into(),
-                role: Role::Input,
-                values: Values::Numeric(vec![1.0; rows]),
-            }],
-            n_rows: rows,
-        }
-    }
-
     /// A started engine and what a test needs to watch and stop it.
     struct Running {
         engine: super::Handle,
@@ -2123,10 +2108,21 @@ mod tests {
             tracker,
             cancel,
         } = start_engine(&[], backend.clone());
-        assert_eq!(engine.ingest(batch(10)).await.unwrap().records, 10);
+        let mut seed = 1;
+        assert_eq!(
+            engine
+                .ingest(uniform_batch(10, 1, 0.0, &mut seed))
+                .await
+                .unwrap()
+                .records,
+            10
+        );
 
         backend.full.store(true, Ordering::Release);
-        let refused = engine.ingest(batch(5)).await.unwrap_err();
+        let refused = engine
+            .ingest(uniform_batch(5, 1, 0.0, &mut seed))
+            .await
+            .unwrap_err();
         assert!(
             matches!(refused, Error::Store(store::Error::Io { .. })),
             "{refused:?}"
@@ -2134,11 +2130,17 @@ mod tests {
         assert_eq!(metrics.store_errors.get(), 1);
         // The next group finds the store failed and reopens it (at most
         // once a second); its write fails again and is counted again.
-        let again = engine.ingest(batch(5)).await.unwrap_err();
+        let again = engine
+            .ingest(uniform_batch(5, 1, 0.0, &mut seed))
+            .await
+            .unwrap_err();
         assert!(matches!(again, Error::Store(_)), "{again:?}");
         let counted = metrics.store_errors.get();
         // Within the second after that reopen, writes are refused unseen.
-        let refused = engine.ingest(batch(5)).await.unwrap_err();
+        let refused = engine
+            .ingest(uniform_batch(5, 1, 0.0, &mut seed))
+            .await
+            .unwrap_err();
         assert!(
             matches!(refused, Error::Store(store::Error::Failed(_))),
             "{refused:?}"
@@ -2148,7 +2150,7 @@ mod tests {
         backend.full.store(false, Ordering::Release);
         let mut acked = None;
         for _ in 0..40 {
-            if let Ok(a) = engine.ingest(batch(7)).await {
+            if let Ok(a) = engine.ingest(uniform_batch(7, 1, 0.0, &mut seed)).await {
                 acked = Some(a);
                 break;
             }
@@ -2236,9 +2238,19 @@ mod tests {
             rounds,
             "the abandoned round is not counted"
         );
-        // The statistics still running hold no store handle: an in-process
-        // restart could not open a sled store held open.
-        assert_eq!(Arc::strong_count(&backend), 1);
+        // The statistics still running hold no store handle (an in-process
+        // restart could not open a sled store held open). The round may
+        // still be reading its snapshots: wait for that, well short of the
+        // ~40 s its statistics take.
+        let mut held = Arc::strong_count(&backend);
+        for _ in 0..200 {
+            if held == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            held = Arc::strong_count(&backend);
+        }
+        assert_eq!(held, 1);
     }
 
     /// The nice value of the calling thread, from /proc (field 19 of

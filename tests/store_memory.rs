@@ -49,6 +49,10 @@ static ALLOCATOR: Counting = Counting;
 
 const MIB: usize = 1024 * 1024;
 
+fn mib(bytes: usize) -> f64 {
+    bytes as f64 / MIB as f64
+}
+
 /// sled 0.34 counts a page read against its cache only once 64 reads have
 /// queued in the page's shard, so a scan of a store much larger than the
 /// cache used to leave tens of MB resident that the cache never evicted.
@@ -106,15 +110,15 @@ fn a_scan_and_a_load_keep_sleds_cache_near_its_capacity() {
     let peak = PEAK.load(Ordering::Relaxed).saturating_sub(before);
     println!(
         "scan: open {:.1} MiB, peak {:.1} MiB",
-        opened as f64 / MIB as f64,
-        peak as f64 / MIB as f64
+        mib(opened),
+        mib(peak)
     );
     assert!(
         peak < opened + cache + 32 * MIB,
         "sled held {:.1} MiB during a scan of 64 MB with a {} MiB cache (open: {:.1} MiB)",
-        peak as f64 / MIB as f64,
+        mib(peak),
         cache / MIB,
-        opened as f64 / MIB as f64
+        mib(opened)
     );
     drop(backend);
     std::thread::sleep(std::time::Duration::from_millis(500));
@@ -130,16 +134,16 @@ fn a_scan_and_a_load_keep_sleds_cache_near_its_capacity() {
     let held = LIVE.load(Ordering::Relaxed).saturating_sub(before);
     println!(
         "open: {:.1} MiB, after the load: {:.1} MiB (cache capacity {} MiB)",
-        opened as f64 / MIB as f64,
-        held as f64 / MIB as f64,
+        mib(opened),
+        mib(held),
         cache / MIB
     );
     assert!(
         held < opened + cache + 8 * MIB,
         "sled holds {:.1} MiB after a load of 64 MB with a {} MiB cache (open: {:.1} MiB)",
-        held as f64 / MIB as f64,
+        mib(held),
         cache / MIB,
-        opened as f64 / MIB as f64
+        mib(opened)
     );
     drop(store);
 }
