@@ -1044,10 +1044,10 @@ impl Store {
             .map_err(|_| Error::Corrupt { tree: "windows" })
     }
 
-    /// Adds deletions of up to `PURGE_PER_COMMIT` superseded deltas to
-    /// `writes`.
+    /// Adds deletions of superseded deltas to `writes`, up to
+    /// [`purge_budget`] of the keys it already holds.
     fn purge_some(&self, writes: &mut Vec<Write>) -> Result<(), Error> {
-        let mut budget = PURGE_PER_COMMIT;
+        let mut budget = purge_budget(writes.len());
         let mut queue = lock(&self.purge);
         while budget > 0 {
             let Some(prefix) = queue.front() else {
@@ -1508,8 +1508,16 @@ fn version_prefix(key: &ModelKey) -> Vec<u8> {
     k
 }
 
-/// Most superseded deltas one commit deletes.
-const PURGE_PER_COMMIT: usize = 64;
+/// How many superseded keys a commit that writes `keys` keys deletes:
+/// twice as many, so that deletions keep up with the keys written (each is
+/// deleted once, and whole states and removals delete none of their own),
+/// at least 8 and at most 64. A flat 64 made one commit in ~30 take a
+/// millisecond more than the rest, the largest part of the unary
+/// acknowledgement tail in steady state (BENCHMARKS.md); the usual commit
+/// (a delta per window and the counters) now deletes up to 8.
+fn purge_budget(keys: usize) -> usize {
+    (2 * keys).clamp(8, 64)
+}
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())

@@ -10,7 +10,9 @@
 #
 # Environment: BIN (directory of the two binaries), ROUNDS (3), DURATION
 # (20s per round), WARMUP (5s), LOAD (loadgen flags of the throughput
-# runs), UNARY_ROWS (rows per unary batch, 100), OUT (JSON lines file).
+# runs), UNARY_ROWS (rows per unary batch, 100), UNARY_WARMUP (150s: the
+# warm-up of driftd's run at a tenth of the unary peak), OUT (JSON lines
+# file).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -67,10 +69,15 @@ rate=$(python3 -c "print(round($peak / 10))")
 "$LOADGEN" run --addr "http://$GRPC" --mode unary --streams 4 --rows "${UNARY_ROWS:-100}" --features 50 \
     --rate "$rate" --warmup "$WARMUP" --duration "$DURATION" \
     --json --label "unary-10pct-baseline" -- "$LOADGEN" baseline --addr $GRPC >>"$OUT"
+# driftd's latency in steady state: while a fresh daemon's windows fill
+# their samples, the writer stores and rewrites closed segments many times
+# as often (at 47,000 records/s: 164 stored and 384 rewritten in the first
+# 10 s, 3 and ~40 per 10 s after two minutes; BENCHMARKS.md, "Unary
+# latency in steady state").
 store=$(mktemp -d /tmp/driftd-bench-store.XXXXXX)
 # shellcheck disable=SC2046
 "$LOADGEN" run --addr "http://$GRPC" --mode unary --streams 4 --rows "${UNARY_ROWS:-100}" --features 50 \
-    --rate "$rate" --warmup "$WARMUP" --duration "$DURATION" --ready-url "http://$HTTP/readyz" \
+    --rate "$rate" --warmup "${UNARY_WARMUP:-150s}" --duration "$DURATION" --ready-url "http://$HTTP/readyz" \
     --json --label "unary-10pct" -- $(daemon "$store") >>"$OUT"
 rm -rf "$store"
 echo "uptime after: $(uptime)" >&2

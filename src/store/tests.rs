@@ -278,10 +278,22 @@ fn truncated_values_do_not_decode() {
     assert!(decode_batch(&enc, k).is_some());
 }
 
+/// Deletions keep pace with what commits write: twice the keys, at least
+/// 8 (the usual commit writes 2-3) and at most 64 (a bucket stored whole
+/// writes a hundred chunks and should not also delete two hundred).
+#[test]
+fn a_commit_deletes_up_to_twice_the_keys_it_writes() {
+    assert_eq!(purge_budget(2), 8);
+    assert_eq!(purge_budget(4), 8);
+    assert_eq!(purge_budget(23), 46);
+    assert_eq!(purge_budget(133), 64);
+}
+
 /// A closing bucket's deltas are not deleted in the commit that stores it
 /// whole (thousands of deletions there stalled ingest); `load` ignores them
-/// at once and later commits delete them, `PURGE_PER_COMMIT` at a time. A
-/// removed bucket's whole state goes at once, its deltas later.
+/// at once and later commits delete them a few at a time (8 for a commit
+/// writing a delta and the counters). A removed bucket's whole state goes
+/// at once, its deltas later.
 #[test]
 fn superseded_deltas_are_ignored_at_once_and_deleted_a_few_per_commit() {
     let dir = tempfile::tempdir().unwrap();
@@ -326,21 +338,12 @@ fn superseded_deltas_are_ignored_at_once_and_deleted_a_few_per_commit() {
 
         let mut row = 201;
         let mut left = vec![stored(1)];
-        while stored(1) > 0 && row < 210 {
+        while stored(1) > 0 && row < 240 {
             s.commit(&a, &delta(2, row)).unwrap();
             left.push(stored(1));
             row += 1;
         }
-        assert_eq!(
-            left,
-            [
-                200,
-                200 - PURGE_PER_COMMIT,
-                200 - 2 * PURGE_PER_COMMIT,
-                200 - 3 * PURGE_PER_COMMIT,
-                0
-            ]
-        );
+        assert_eq!(left, (0..=25).rev().map(|i| i * 8).collect::<Vec<_>>());
         s.commit(&a, &delta(2, row)).unwrap();
         assert_eq!(s.purge_pending(), 0);
 
@@ -365,9 +368,18 @@ fn superseded_deltas_are_ignored_at_once_and_deleted_a_few_per_commit() {
         let loaded = s.load().unwrap();
         let w = &loaded[0].windows["5m"];
         assert_eq!(w.keys().copied().collect::<Vec<_>>(), [1, 3]);
-        assert!(stored(2) > 0);
-        s.commit(&a, &delta(3, row + 3)).unwrap();
-        assert_eq!(stored(2), 0);
+        // Each later commit deletes 8 of them (the assertion bounds the
+        // loop: every turn deletes some).
+        let mut left = stored(2);
+        assert!(left > 8, "{left} deltas of bucket 2");
+        let mut row = row + 3;
+        while left > 0 {
+            s.commit(&a, &delta(3, row)).unwrap();
+            row += 1;
+            let now = stored(2);
+            assert_eq!(now, left.saturating_sub(8));
+            left = now;
+        }
     }
 }
 
