@@ -1508,13 +1508,14 @@ fn version_prefix(key: &ModelKey) -> Vec<u8> {
     k
 }
 
-/// How many superseded keys a commit that writes `keys` keys deletes:
-/// twice as many, so that deletions keep up with the keys written (each is
-/// deleted once, and whole states and removals delete none of their own),
-/// at least 8 and at most 64. A flat 64 made one commit in ~30 take a
-/// millisecond more than the rest, the largest part of the unary
-/// acknowledgement tail in steady state (BENCHMARKS.md); the usual commit
-/// (a delta per window and the counters) now deletes up to 8.
+/// How many superseded keys a commit of `keys` writes (insertions and
+/// deletions) deletes besides: twice as many, at least 8 and at most 64.
+/// Every delta and whole-state chunk is deleted once, later, through the
+/// purge queue, so deletions keep pace with the keys written. A flat 64
+/// made one commit in ~30 take a millisecond more than the rest, the
+/// largest part of the unary acknowledgement tail in steady state
+/// (BENCHMARKS.md); the usual commit (a delta per window and the counters)
+/// now deletes up to 8.
 fn purge_budget(keys: usize) -> usize {
     (2 * keys).clamp(8, 64)
 }
