@@ -1510,8 +1510,9 @@ fn version_prefix(key: &ModelKey) -> Vec<u8> {
 
 /// How many superseded keys a commit of `keys` writes (insertions and
 /// deletions) deletes besides: twice as many, at least 8 and at most 64.
-/// Every delta and whole-state chunk is deleted once, later, through the
-/// purge queue, so deletions keep pace with the keys written. A flat 64
+/// Nearly every key a commit writes (its deltas, and a whole state's
+/// chunks after the first) is deleted once, later, through the purge
+/// queue, so deletions keep pace with the keys written. A flat 64
 /// made one commit in ~30 take a millisecond more than the rest, the
 /// largest part of the unary acknowledgement tail in steady state
 /// (BENCHMARKS.md); the usual commit (a delta per window and the counters)
