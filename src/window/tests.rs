@@ -624,3 +624,64 @@ fn a_snapshot_leaves_out_a_closed_bucket_it_cannot_read_back() {
     assert_eq!(other.records, 50);
     assert_eq!(sample(&other), [vec![2.0; 20], vec![3.0; 30]].concat());
 }
+
+/// Values for [`numeric_agg_counts_like_bin_index`]: small integers (so
+/// that any order of summation is exact), often equal to an edge, and the
+/// non-finite values that count as missing.
+fn agg_value() -> impl Strategy<Value = f64> {
+    prop_oneof![
+        8 => (-6i32..7).prop_map(f64::from),
+        1 => Just(-0.0),
+        1 => Just(f64::NAN),
+        1 => Just(f64::INFINITY),
+        1 => Just(f64::NEG_INFINITY),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+
+    /// `numeric_agg`'s per-edge counting (up to 16 edges) and its fallback
+    /// (more) give every finite value the bin `stats::bin_index` gives it,
+    /// whatever the batch length (the eight partial sums' remainder
+    /// included), with duplicate and infinite edges; non-finite values are
+    /// missing, and the sum is the finite values' sum.
+    #[test]
+    fn numeric_agg_counts_like_bin_index(
+        values in prop::collection::vec(agg_value(), 0..70),
+        edges in prop::collection::vec(
+            prop_oneof![
+                8 => (-5i32..6).prop_map(f64::from),
+                1 => Just(f64::NEG_INFINITY),
+                1 => Just(f64::INFINITY),
+            ],
+            0..24,
+        ),
+    ) {
+        let mut edges = edges;
+        edges.sort_by(f64::total_cmp);
+        let finite: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+        let (missing, data) = numeric_agg(&values, Some(&edges));
+        prop_assert_eq!(missing, (values.len() - finite.len()) as u64);
+        let want_bins: Vec<u64> = {
+            let mut bins = vec![0u64; edges.len() + 1];
+            for &x in &finite {
+                bins[stats::bin_index(&edges, x)] += 1;
+            }
+            bins
+        };
+        prop_assert_eq!(
+            data,
+            AggData::Numeric {
+                n: finite.len() as u64,
+                sum: finite.iter().sum::<f64>(),
+                bins: want_bins,
+            }
+        );
+        let (_, unbinned) = numeric_agg(&values, None);
+        prop_assert!(
+            matches!(unbinned, AggData::Numeric { ref bins, .. } if bins.is_empty()),
+            "{unbinned:?}"
+        );
+    }
+}
