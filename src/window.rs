@@ -1162,7 +1162,7 @@ impl Prepared {
 /// for up to [`PER_EDGE_MAX`] edges, the number of values above each edge:
 /// bin `b` holds the values above edge `b - 1` and not above edge `b`,
 /// which is where [`stats::bin_index`] puts them. More edges are counted
-/// value by value with `bin_index`.
+/// value by value ([`stats::bin_counts`]).
 fn numeric_agg(v: &[f64], edges: Option<&Vec<f64>>) -> (u64, AggData) {
     const LANES: usize = 8;
     let mut sums = [0.0f64; LANES];
@@ -1204,13 +1204,7 @@ fn numeric_agg(v: &[f64], edges: Option<&Vec<f64>>) -> (u64, AggData) {
             bins.push(above_prev);
             bins
         }
-        Some(e) => {
-            let mut bins = vec![0u64; e.len() + 1];
-            for &x in v.iter().filter(|x| x.is_finite()) {
-                bins[stats::bin_index(e, x)] += 1;
-            }
-            bins
-        }
+        Some(e) => stats::bin_counts(e, v),
     };
     (missing, AggData::Numeric { n, sum, bins })
 }
