@@ -1482,7 +1482,12 @@ async fn run_evaluator(
     // interval after start, like every later one.
     tick.tick().await;
     loop {
+        // Cancellation first: after an abandoned round the next tick is
+        // already due, and an unbiased select would start another round,
+        // whose job would wait behind the abandoned statistics holding a
+        // store handle.
         tokio::select! {
+            biased;
             _ = cancel.cancelled() => break,
             _ = tick.tick() => {}
         }
@@ -1523,11 +1528,13 @@ async fn evaluate_all(
         // result is dropped.
         let stats = thread.run(move || evaluate_version(work, &shared.cfg, store, now));
         let done = tokio::select! {
-            done = stats => done,
+            // Cancellation first, so that no job is sent once it is set.
+            biased;
             () = cancel.cancelled() => {
                 tracing::info!("Evaluation round abandoned: shutting down");
                 return;
             }
+            done = stats => done,
         };
         match done {
             Some(report) => reports.push(report),

@@ -312,9 +312,11 @@ async fn accept_loop(
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     loop {
         let accepted = tokio::select! {
+            biased;
             _ = cancel.cancelled() => return,
             permit = handshakes.clone().acquire_owned() => match permit {
                 Ok(permit) => tokio::select! {
+                    biased;
                     _ = cancel.cancelled() => return,
                     res = listener.accept() => res.map(|x| (x, permit)),
                 },

@@ -334,6 +334,7 @@ impl Worker {
                     continue;
                 }
                 let outcome = tokio::select! {
+                    biased;
                     _ = cancel.cancelled() => return,
                     o = self.attempt(&e) => o,
                 };
@@ -370,6 +371,7 @@ impl Worker {
                 .map(|t| Duration::from_millis((t - now_ms()).max(0) as u64))
                 .unwrap_or(Duration::from_secs(3600));
             tokio::select! {
+                biased;
                 _ = cancel.cancelled() => return,
                 _ = self.notify.notified() => {},
                 _ = tokio::time::sleep(sleep) => {},
