@@ -6,7 +6,9 @@
 //! Two tasks share the state behind one mutex. The *writer* is the only
 //! mutator of windows and the only store writer for ingest: it takes a group
 //! of queued commands, applies and writes them, flushes the store once for
-//! the whole group (group commit) and only then acknowledges them. The
+//! the whole group (group commit) and only then acknowledges them; while a
+//! group's flush runs it goes on with the next group (at most two flushes in
+//! flight). The
 //! *evaluator* shares the live buckets under the lock, computes statistics
 //! without the lock on a thread of its own, at a lower priority than
 //! everything else (`evaluation.nice`, so a costly evaluation takes only the
@@ -21,7 +23,7 @@ use std::{
 
 use prometheus::IntCounter;
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
@@ -43,6 +45,14 @@ const MAX_PRODUCERS: usize = 1024;
 /// Most commands written under one flush. Bounds the latency of the first
 /// command of a group when the queue is deep.
 const MAX_GROUP: usize = 256;
+
+/// Group flushes in flight at once. The writer applies and writes the next
+/// group while the previous group's flush runs, and starts the next flush
+/// without waiting for it: a flush makes durable everything written
+/// before it was called, so each group's own flush covers its writes
+/// whichever returns first, and a batch that arrives during a flush no
+/// longer waits for it to end before it is even written.
+const FLUSHES_IN_FLIGHT: u32 = 2;
 
 /// Why the engine refused a command.
 #[derive(Debug, thiserror::Error)]
@@ -1002,6 +1012,7 @@ async fn run_writer(
 ) {
     let mut last_recovery: Option<Instant> = None;
     let mut last_size: Option<Instant> = None;
+    let flushes = Arc::new(Semaphore::new(FLUSHES_IN_FLIGHT as usize));
     while let Some(first) = rx.recv().await {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -1012,6 +1023,9 @@ async fn run_writer(
         }
         metrics.ingest_queue_depth.set(rx.len() as i64);
         if store.is_failed() {
+            // Every group written before the failure has had its answer
+            // before the state is read back from disk.
+            let _all = flushes.acquire_many(FLUSHES_IN_FLIGHT).await;
             recover(&shared, &store, &metrics, &mut last_recovery).await;
         }
         let mut ingest_acks = Vec::new();
@@ -1033,7 +1047,12 @@ async fn run_writer(
                         &batch,
                         producer.as_ref(),
                     ) {
-                        Ok((a, counts)) => ingest_acks.push((ack, a, enqueued, counts)),
+                        Ok((answer, counts)) => ingest_acks.push(IngestAnswer {
+                            ack,
+                            answer,
+                            enqueued,
+                            counts,
+                        }),
                         Err(e) => {
                             count_store_failure(&metrics, &e);
                             let _ = ack.send(Err(e));
@@ -1067,35 +1086,19 @@ async fn run_writer(
             continue;
         }
         // One flush makes every write of the group durable: group commit.
-        match store.flush().await {
-            Ok(elapsed) => {
-                metrics.store_flush_duration.observe(elapsed.as_secs_f64());
-                for (ack, a, enqueued, counts) in ingest_acks {
-                    if let Some(c) = counts {
-                        c.add();
-                    }
-                    metrics
-                        .ingest_ack_duration
-                        .observe(enqueued.elapsed().as_secs_f64());
-                    // A client that went away no longer wants the answer.
-                    let _ = ack.send(Ok(a));
-                }
-                for (ack, a) in reference_acks {
-                    let _ = ack.send(Ok(a));
-                }
-            }
-            Err(error) => {
-                metrics.store_errors.inc();
-                tracing::error!(error = %error, "Store flush failed; batches not acknowledged");
-                let error = error.to_string();
-                for (ack, ..) in ingest_acks {
-                    let _ = ack.send(Err(Error::Flush(error.clone())));
-                }
-                for (ack, _) in reference_acks {
-                    let _ = ack.send(Err(Error::Flush(error.clone())));
-                }
-            }
-        }
+        // It runs beside the next group's writes (`FLUSHES_IN_FLIGHT`).
+        let Ok(permit) = flushes.clone().acquire_owned().await else {
+            break;
+        };
+        tokio::spawn(acknowledge(
+            store.clone(),
+            metrics.clone(),
+            Acks {
+                ingest: ingest_acks,
+                reference: reference_acks,
+            },
+            permit,
+        ));
         // sled sizes its blob directory file by file: at most once a
         // second, not once per group.
         if last_size.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
@@ -1105,6 +1108,8 @@ async fn run_writer(
             }
         }
     }
+    // The last groups' flushes answer before the final one.
+    let _all = flushes.acquire_many(FLUSHES_IN_FLIGHT).await;
     if let Err(error) = store.flush().await {
         tracing::error!(error = %error, "Final store flush failed");
     }
@@ -1119,6 +1124,59 @@ fn count_store_failure(metrics: &Metrics, error: &Error) {
         if !e.is_refusal() {
             metrics.store_errors.inc();
             tracing::error!(error = %e, "Store write failed; batch not acknowledged");
+        }
+    }
+}
+
+/// The answers one group's commands wait for: sent once its flush returns.
+struct Acks {
+    ingest: Vec<IngestAnswer>,
+    reference: Vec<(oneshot::Sender<Result<ReferenceAck, Error>>, ReferenceAck)>,
+}
+
+/// An ingested batch's answer, waiting for its group's flush.
+struct IngestAnswer {
+    ack: oneshot::Sender<Result<IngestAck, Error>>,
+    answer: IngestAck,
+    /// When the batch was queued (for `driftd_ingest_ack_duration_seconds`).
+    enqueued: Instant,
+    /// The ingest counters to add to once it is acknowledged.
+    counts: Option<Counts>,
+}
+
+/// Flushes the store for one group written before this call, then answers
+/// its commands: acknowledged (counted in the ingest counters) when the
+/// flush succeeded, refused when it failed. Holds `permit`, one of the
+/// writer's [`FLUSHES_IN_FLIGHT`], until then.
+async fn acknowledge(store: Store, metrics: Metrics, acks: Acks, permit: OwnedSemaphorePermit) {
+    let _permit = permit;
+    match store.flush().await {
+        Ok(elapsed) => {
+            metrics.store_flush_duration.observe(elapsed.as_secs_f64());
+            for w in acks.ingest {
+                if let Some(c) = w.counts {
+                    c.add();
+                }
+                metrics
+                    .ingest_ack_duration
+                    .observe(w.enqueued.elapsed().as_secs_f64());
+                // A client that went away no longer wants the answer.
+                let _ = w.ack.send(Ok(w.answer));
+            }
+            for (ack, a) in acks.reference {
+                let _ = ack.send(Ok(a));
+            }
+        }
+        Err(error) => {
+            metrics.store_errors.inc();
+            tracing::error!(error = %error, "Store flush failed; batches not acknowledged");
+            let error = error.to_string();
+            for w in acks.ingest {
+                let _ = w.ack.send(Err(Error::Flush(error.clone())));
+            }
+            for (ack, _) in acks.reference {
+                let _ = ack.send(Err(Error::Flush(error.clone())));
+            }
         }
     }
 }
@@ -2018,14 +2076,29 @@ mod tests {
     use tokio_util::task::TaskTracker;
 
     /// A [`MemBackend`] whose writes fail while `full` is set, as sled's
-    /// do on a full disk; a reopen succeeds.
+    /// do on a full disk (a reopen succeeds), and whose flushes wait while
+    /// the gate is closed (at most 20 s), counting the flushes begun.
     #[derive(Debug, Default)]
-    struct FullDisk {
+    struct TestDisk {
         mem: MemBackend,
         full: AtomicBool,
+        begun: std::sync::atomic::AtomicUsize,
+        closed: std::sync::Mutex<bool>,
+        opened: std::sync::Condvar,
     }
 
-    impl Backend for FullDisk {
+    impl TestDisk {
+        fn set_closed(&self, closed: bool) {
+            *self.closed.lock().unwrap() = closed;
+            self.opened.notify_all();
+        }
+
+        fn begun(&self) -> usize {
+            self.begun.load(Ordering::Acquire)
+        }
+    }
+
+    impl Backend for TestDisk {
         fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, store::Error> {
             self.mem.get(tree, key)
         }
@@ -2050,6 +2123,12 @@ mod tests {
             self.mem.apply(tree, writes)
         }
         fn flush(&self) -> Result<Duration, store::Error> {
+            self.begun.fetch_add(1, Ordering::AcqRel);
+            let closed = self.closed.lock().unwrap();
+            let _open = self
+                .opened
+                .wait_timeout_while(closed, Duration::from_secs(20), |closed| *closed)
+                .unwrap();
             self.mem.flush()
         }
         fn size_on_disk(&self) -> Result<u64, store::Error> {
@@ -2108,7 +2187,7 @@ mod tests {
     /// until the store is reopened are not failures of their own.
     #[tokio::test]
     async fn a_failed_write_is_counted_and_the_refusals_after_it_are_not() {
-        let backend = Arc::new(FullDisk::default());
+        let backend = Arc::new(TestDisk::default());
         let Running {
             engine,
             metrics,
@@ -2165,6 +2244,67 @@ mod tests {
         }
         assert_eq!(acked.expect("ingest works after a reopen").records, 7);
         assert!(metrics.store_recoveries.get() >= 1);
+        drop(engine);
+        cancel.cancel();
+        tracker.close();
+        tracker.wait().await;
+    }
+
+    /// Waits up to `limit` for `done`, looking every 50 ms; its last answer.
+    async fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !done() {
+            if tokio::time::Instant::now() >= deadline {
+                return done();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        true
+    }
+
+    /// The writer writes the next group and begins its flush while the
+    /// previous group's flush is still running, and answers each group
+    /// only once its own flush has returned.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_next_group_is_written_and_flushed_while_a_flush_runs() {
+        let backend = Arc::new(TestDisk::default());
+        let Running {
+            engine,
+            metrics,
+            tracker,
+            cancel,
+        } = start_engine(
+            // No evaluation round (it could flush rule states) in this test.
+            &[("DRIFTD_EVALUATION__INTERVAL", "1h")],
+            backend.clone(),
+        );
+        let mut seed = 7u64;
+        backend.set_closed(true);
+        let before = backend.begun();
+        let first = tokio::spawn({
+            let (engine, batch) = (engine.clone(), uniform_batch(3, 1, 0.0, &mut seed));
+            async move { engine.ingest(batch).await }
+        });
+        assert!(
+            wait_for(Duration::from_secs(10), || backend.begun() == before + 1).await,
+            "the first group's flush did not begin"
+        );
+        let second = tokio::spawn({
+            let (engine, batch) = (engine.clone(), uniform_batch(4, 1, 0.0, &mut seed));
+            async move { engine.ingest(batch).await }
+        });
+        assert!(
+            wait_for(Duration::from_secs(10), || backend.begun() == before + 2).await,
+            "the second group was not flushed while the first flush ran"
+        );
+        // Neither is answered before its flush returns.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!first.is_finished() && !second.is_finished());
+        assert_eq!(metrics.ingest_ack_duration.get_sample_count(), 0);
+        backend.set_closed(false);
+        assert_eq!(first.await.unwrap().unwrap().records, 3);
+        assert_eq!(second.await.unwrap().unwrap().records, 4);
+        assert_eq!(metrics.ingest_ack_duration.get_sample_count(), 2);
         drop(engine);
         cancel.cancel();
         tracker.close();
@@ -2253,15 +2393,8 @@ mod tests {
         // restart could not open a sled store held open). The round may
         // still be reading its snapshots: wait for that, well short of the
         // ~40 s its statistics take.
-        let mut held = Arc::strong_count(&backend);
-        for _ in 0..200 {
-            if held == 1 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            held = Arc::strong_count(&backend);
-        }
-        assert_eq!(held, 1);
+        wait_for(Duration::from_secs(20), || Arc::strong_count(&backend) == 1).await;
+        assert_eq!(Arc::strong_count(&backend), 1);
     }
 
     /// The nice value of the calling thread, from /proc (field 19 of
