@@ -730,7 +730,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl VersionState {
     fn new(key: &ModelKey, cfg: &EngineConfig) -> Self {
-        let live = match cfg.source_for(&key.model, &key.version) {
+        let source = cfg.source_for(&key.model, &key.version);
+        // A live source whose pattern also matches the version it names
+        // (`version = "*"` with `live:stable`) does not apply to that
+        // version: it warms up a reference of its own.
+        let live = match source {
             Some(SourceKind::Live { version }) if *version != key.version => Some(version.clone()),
             _ => None,
         };
@@ -753,8 +757,9 @@ impl VersionState {
             seed,
             windows,
             // A live or file reference never warms up.
-            warmup: match cfg.source_for(&key.model, &key.version) {
-                Some(SourceKind::Live { .. } | SourceKind::File { .. }) => None,
+            warmup: match source {
+                Some(SourceKind::File { .. }) => None,
+                _ if live.is_some() => None,
                 _ => Some(reference::Builder::default()),
             },
             reference: None,

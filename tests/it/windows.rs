@@ -114,6 +114,8 @@ async fn time_windows_expire_survive_restarts_and_are_deleted_from_the_store() {
         ),
         Some(500.0)
     );
+    let s1h = status(&d, "m", "v").await;
+    assert_eq!(window(&s1h, "1h").features[0].window_sample_size, 500);
     assert_eq!(
         sample(
             &scrape,
@@ -244,47 +246,66 @@ async fn reference_files_and_the_import_command() {
     d.stop().await.unwrap();
 }
 
+/// Whether the canary was evaluated after `after` (ms since the epoch)
+/// with the verdict `want`.
+async fn canary_is(d: &TestDaemon, want: pb::Verdict, after: i64) -> bool {
+    let s = status(d, "m", "canary").await;
+    s.last_evaluation_unix_ms > after && s.verdict == want as i32
+}
+
 /// A canary with `reference = "live:stable"` is judged against the stable
-/// version's window of the same name: fine while both see the same
-/// traffic, drift when the canary's shifts.
+/// version's window of the same name (count and time windows): fine while
+/// both see the same traffic, drift when the canary's shifts, and so again
+/// after a restart. The source's pattern (`*`) also matches `stable`, which
+/// warms up a reference of its own instead of judging itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_reference_judges_the_canary_against_stable_traffic() {
     let dir = tempfile::tempdir().unwrap();
-    let toml = "[window]\nwindows = [\"count:2000\"]\n\
+    let toml = "[window]\nwindows = [\"count:2000\", \"5m\"]\n\
          [rules]\nfor_evaluations = 1\n\
-         [[reference.sources]]\nmodel = \"m\"\nversion = \"canary\"\nreference = \"live:stable\"\n";
+         [[reference.sources]]\nmodel = \"m\"\nversion = \"*\"\nreference = \"live:stable\"\n";
     let d = TestDaemon::start(test_config_with_file(dir.path(), toml, &[])).await;
     let mut rng = rng(9);
     // Stable warms up on its first 5000 records, then fills its window.
     send(&d, "stable", normal(&mut rng, 5000, 0.0, 1.0)).await;
     send(&d, "stable", normal(&mut rng, 2000, 0.0, 1.0)).await;
     send(&d, "canary", normal(&mut rng, 2000, 0.0, 1.0)).await;
-    let verdict = |want: i32| {
-        let d = &d;
-        async move {
-            let s = status(d, "m", "canary").await;
-            s.last_evaluation_unix_ms > 0 && s.verdict == want
-        }
-    };
     wait_until("canary ok against stable", Duration::from_secs(10), || {
-        verdict(pb::Verdict::Ok as i32)
+        canary_is(&d, pb::Verdict::Ok, 0)
     })
     .await;
     let s = status(&d, "m", "canary").await;
     assert_eq!(s.reference_source, "live");
     assert_eq!(s.reference_hash.len(), 16);
-    let f = &window(&s, "last_2000").features[0];
-    assert_eq!(
-        f.reference_samples, 2000,
-        "stable's window is the reference"
-    );
+    for name in ["last_2000", "5m"] {
+        let f = &window(&s, name).features[0];
+        assert_eq!(
+            f.reference_samples, 2000,
+            "stable's {name} window is the reference"
+        );
+    }
     // The canary drifts while stable does not.
     send(&d, "canary", normal(&mut rng, 2000, 1.0, 1.0)).await;
     wait_until("canary drifts", Duration::from_secs(10), || {
-        verdict(pb::Verdict::Drift as i32)
+        canary_is(&d, pb::Verdict::Drift, 0)
     })
     .await;
     let stable = status(&d, "m", "stable").await;
+    assert_eq!(stable.reference_source, "warmup");
     assert_eq!(stable.verdict, pb::Verdict::Ok as i32);
+    let before = status(&d, "m", "canary").await.last_evaluation_unix_ms;
+    d.stop().await.unwrap();
+
+    // After a restart both windows come back and are judged again.
+    let d = TestDaemon::start(test_config_with_file(dir.path(), toml, &[])).await;
+    wait_until(
+        "canary drifts after a restart",
+        Duration::from_secs(10),
+        || canary_is(&d, pb::Verdict::Drift, before),
+    )
+    .await;
+    let s = status(&d, "m", "canary").await;
+    assert_eq!(s.reference_source, "live");
+    assert_eq!(window(&s, "5m").features[0].reference_samples, 2000);
     d.stop().await.unwrap();
 }
