@@ -17,6 +17,8 @@ use crate::{
 const ROWS: u64 = 20;
 const PRODUCERS: usize = 3;
 const ITERATIONS: usize = 24;
+/// Records of the warm-up reference; they leave the windows once it forms.
+const WARMUP: u64 = 200;
 
 /// One producer's view: the next sequence number to send and how many it
 /// has had acknowledged.
@@ -66,7 +68,8 @@ async fn produce(
     p
 }
 
-async fn records(addr: &str) -> u64 {
+/// The version's status; `None` before its first batch.
+async fn version_status(addr: &str) -> Option<pb::VersionStatus> {
     let mut client = DriftdClient::connect(addr.to_string()).await.unwrap();
     match client
         .get_status(pb::GetStatusRequest {
@@ -75,17 +78,22 @@ async fn records(addr: &str) -> u64 {
         })
         .await
     {
-        Ok(s) => s.into_inner().versions[0].records_ingested,
-        Err(s) if s.code() == tonic::Code::NotFound => 0,
+        Ok(s) => Some(s.into_inner().versions.remove(0)),
+        Err(s) if s.code() == tonic::Code::NotFound => None,
         Err(s) => panic!("status: {s}"),
     }
+}
+
+async fn records(addr: &str) -> u64 {
+    version_status(addr).await.map_or(0, |s| s.records_ingested)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_record_is_counted_exactly_once_across_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let env = [("DRIFTD_REFERENCE__WARMUP_SAMPLES", "200")];
+    let warmup = WARMUP.to_string();
+    let env = [("DRIFTD_REFERENCE__WARMUP_SAMPLES", warmup.as_str())];
     let mut rng = rng(2024);
     let mut producers = [Producer::default(); PRODUCERS];
     let mut startup_kills = 0;
@@ -168,6 +176,16 @@ async fn every_acknowledged_record_is_counted_exactly_once_across_kill_9() {
          {duplicates} resent batches were already stored"
     );
     assert_eq!(counted, total * ROWS, "each record counted exactly once");
+    // The windows (5m and 1h by default; the test takes well under five
+    // minutes) hold every record after the warm-up reference's, once: no
+    // window delta was lost or applied twice by a reload.
+    let s = version_status(&addr).await.unwrap();
+    assert_eq!(s.windows.len(), 2, "{s:?}");
+    for w in &s.windows {
+        assert_eq!(w.records, counted - WARMUP, "window {}", w.name);
+        let x = &w.features[0];
+        assert_eq!(x.window_samples, counted - WARMUP, "window {}", w.name);
+    }
     let per_producer: BTreeMap<usize, u64> = producers
         .iter()
         .enumerate()
