@@ -98,6 +98,7 @@ pub async fn run(
         .context("opening store")??;
     let tracker = TaskTracker::new();
     let cancel = CancellationToken::new();
+    tracker.spawn(store.clone().keep_marking(cancel.clone()));
     let webhooks = webhook::Outbox::start(
         config.webhook.clone(),
         store.clone(),
@@ -264,6 +265,10 @@ pub async fn run(
     let drained = tokio::time::timeout(config.grace_period, drain).await;
     if let Err(error) = store.flush().await {
         tracing::error!(error = %error, "Final store flush failed");
+    }
+    let marking = store.clone();
+    if let Ok(Err(error)) = tokio::task::spawn_blocking(move || marking.mark_durable()).await {
+        tracing::warn!(error = %error, "Recording the store's durable mark failed");
     }
     if drained.is_err() {
         anyhow::bail!(

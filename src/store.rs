@@ -82,6 +82,19 @@ pub const SCHEMA_VERSION: u32 = 6;
 
 const SCHEMA_KEY: &[u8] = b"schema_version";
 
+/// The `meta` key of the durable mark: a counter that
+/// [`Backend::mark_durable`] advances once sled's log holds it on disk.
+const MARK_KEY: &[u8] = b"durable_mark";
+
+/// The file in the data directory that records the last durable mark, so
+/// that a store whose log was truncated or replaced by an older one (which
+/// sled opens as if it had crashed there, silently losing acknowledged
+/// data) is recognised at open.
+pub const MARK_FILE: &str = "durable-mark";
+
+/// How often [`Store::keep_marking`] records the durable mark.
+pub const MARK_EVERY: Duration = Duration::from_secs(1);
+
 /// The `part` of a bucket's whole state in the `windows` tree.
 const WHOLE: u64 = u64::MAX;
 
@@ -160,6 +173,22 @@ pub enum Error {
         /// The data directory.
         path: PathBuf,
     },
+    /// The store holds less than it did when its durable mark was last
+    /// recorded: its files were truncated, or replaced by older ones.
+    #[error(
+        "the store at {} holds less than it did: its content reaches durable mark {found}, \
+         but {MARK_FILE} records mark {durable} as written to disk before; its files were \
+         truncated or replaced by older ones",
+        path.display()
+    )]
+    Shrunk {
+        /// The data directory.
+        path: PathBuf,
+        /// The mark sled's content reaches.
+        found: u64,
+        /// The mark recorded in the mark file.
+        durable: u64,
+    },
     /// The store's log file was deleted or replaced under the running
     /// daemon. sled keeps writing to the open (unlinked) file without an
     /// error, so a flush checks the file is still the one it opened.
@@ -185,7 +214,7 @@ impl Error {
     /// of the moment. Only these are worth quarantining.
     pub fn is_corruption(&self) -> bool {
         match self {
-            Error::Corrupt { .. } | Error::Panicked { .. } => true,
+            Error::Corrupt { .. } | Error::Panicked { .. } | Error::Shrunk { .. } => true,
             // At open, anything but an OS error (a lock held by another
             // process, a permission) means sled could not make sense of the
             // files: a damaged `conf` surfaces as `Unsupported`.
@@ -269,6 +298,13 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// Closes and opens the underlying files again, after a failed write
     /// (sled's I/O errors are sticky until then).
     fn reopen(&self) -> Result<(), Error>;
+    /// Records how far the content reaches, durably: advances a counter in
+    /// the `meta` tree, makes it durable and then writes it to
+    /// [`MARK_FILE`]; opening checks the content still reaches the mark.
+    /// Backends without files have nothing to check and do nothing.
+    fn mark_durable(&self) -> Result<(), Error> {
+        Ok(())
+    }
 }
 
 /// How many bytes a scan reads between two [`SledBackend::settle`]s, and
@@ -333,6 +369,46 @@ struct SledInner {
     db_file_id: Option<(u64, u64)>,
 }
 
+/// The durable mark sled's `meta` tree holds (0 before the first).
+fn stored_mark(meta: &sled::Tree) -> Result<u64, Error> {
+    match meta
+        .get(MARK_KEY)
+        .map_err(|source| Error::Io { op: "read", source })?
+    {
+        None => Ok(0),
+        Some(v) => <[u8; 8]>::try_from(v.as_ref())
+            .map(u64::from_be_bytes)
+            .map_err(|_| Error::Corrupt { tree: "meta" }),
+    }
+}
+
+/// The mark recorded in `dir`'s [`MARK_FILE`]; `None` without one (a store
+/// never marked, or written before marks existed).
+fn read_mark(dir: &Path) -> Result<Option<u64>, Error> {
+    match std::fs::read_to_string(dir.join(MARK_FILE)) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| Error::Corrupt { tree: MARK_FILE }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::Io {
+            op: "read",
+            source: sled::Error::Io(e),
+        }),
+    }
+}
+
+/// Replaces `dir`'s [`MARK_FILE`] atomically and durably.
+fn write_mark(dir: &Path, mark: u64) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{MARK_FILE}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    std::io::Write::write_all(&mut f, format!("{mark}\n").as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join(MARK_FILE))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// Device and inode of `path`, or `None` when it does not exist.
 fn file_identity(path: &Path) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
@@ -382,6 +458,16 @@ impl SledBackend {
             None => {
                 meta.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())
                     .map_err(open_err)?;
+            }
+        }
+        if let Some(durable) = read_mark(&path)? {
+            let found = stored_mark(meta)?;
+            if found < durable {
+                return Err(Error::Shrunk {
+                    path,
+                    found,
+                    durable,
+                });
             }
         }
         let db_file = path.join("db");
@@ -502,6 +588,33 @@ impl Backend for SledBackend {
 
     fn size_on_disk(&self) -> Result<u64, Error> {
         self.with("size on disk", |i| i.db.size_on_disk())
+    }
+
+    fn mark_durable(&self) -> Result<(), Error> {
+        let (mark, db_file) = {
+            let guard = self.inner.read().unwrap_or_else(|p| p.into_inner());
+            let inner = guard
+                .as_ref()
+                .ok_or_else(|| Error::Failed("the store is closed".into()))?;
+            let meta = &inner.trees[&Tree::Meta];
+            let mark = stored_mark(meta)? + 1;
+            let io = |source| Error::Io { op: "mark", source };
+            meta.insert(MARK_KEY, &mark.to_be_bytes()).map_err(io)?;
+            inner.db.flush().map_err(io)?;
+            release_deferred();
+            (mark, inner.db_file.clone())
+        };
+        let io = |e: std::io::Error| Error::Io {
+            op: "mark",
+            source: sled::Error::Io(e),
+        };
+        // sled's flush is `sync_file_range`, which leaves the file's
+        // metadata and the disk's cache: fsync the log before the mark file
+        // says the mark is on disk.
+        std::fs::File::open(&db_file)
+            .and_then(|f| f.sync_all())
+            .map_err(io)?;
+        write_mark(&self.cfg.path, mark).map_err(io)
     }
 
     fn reopen(&self) -> Result<(), Error> {
@@ -1298,6 +1411,37 @@ impl Store {
             self.failed.store(true, Ordering::Release);
         }
         res
+    }
+
+    /// Records the durable mark (see [`Backend::mark_durable`]); does
+    /// nothing while the store is failed.
+    ///
+    /// # Errors
+    /// The backend's, when the mark could not be written or made durable.
+    pub fn mark_durable(&self) -> Result<(), Error> {
+        if self.is_failed() || self.wedged().is_some() {
+            return Ok(());
+        }
+        self.backend.mark_durable()
+    }
+
+    /// Records the durable mark every [`MARK_EVERY`] until `cancel`, on a
+    /// blocking thread; a failure is logged and retried at the next tick.
+    pub async fn keep_marking(self, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(MARK_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let store = self.clone();
+            if let Ok(Err(error)) = tokio::task::spawn_blocking(move || store.mark_durable()).await
+            {
+                tracing::warn!(error = %error, "Recording the store's durable mark failed");
+            }
+        }
     }
 
     /// [`Store::flush`] for callers outside the runtime (start-up).

@@ -1,6 +1,7 @@
-//! A store driftd cannot read: refused by default with a message naming the
-//! directory and the way out; with `store.on_corruption = "quarantine"`
-//! moved aside, counted, and replaced by an empty one. No panic either way.
+//! A store driftd cannot read (files overwritten, or its log truncated):
+//! refused by default with a message naming the directory and the way out;
+//! with `store.on_corruption = "quarantine"` moved aside, counted, and
+//! replaced by an empty one. No panic either way.
 
 use std::{io::Write, path::Path};
 
@@ -53,52 +54,73 @@ async fn run_once(cfg: driftd::config::Config) -> anyhow::Result<()> {
     driftd::app::run(cfg, driftd::app::Listeners { grpc, http }, async {}).await
 }
 
+/// Cuts sled's log (`db`) to `keep` of its length: what sled opens as a
+/// crash at that point, silently without the writes after it.
+fn truncate_log(dir: &Path, keep: f64) {
+    let path = dir.join("db");
+    let len = std::fs::metadata(&path).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len((len as f64 * keep) as u64).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreadable_store_is_refused_by_default_and_quarantined_on_request() {
-    let root = tempfile::tempdir().unwrap();
-    let data = root.path().join("data");
-    fill(&data).await;
-    corrupt(&data);
+    let damages: [(&str, fn(&Path)); 3] = [
+        ("overwritten", corrupt),
+        ("log cut to half", |d| truncate_log(d, 0.5)),
+        ("log emptied", |d| truncate_log(d, 0.0)),
+    ];
+    for (damage, apply) in damages {
+        let root = tempfile::tempdir().unwrap();
+        let data = root.path().join("data");
+        fill(&data).await;
+        apply(&data);
 
-    let err = run_once(test_config(&data, &[]))
-        .await
-        .expect_err("a corrupt store is refused");
-    let msg = format!("{err:#}");
-    assert!(msg.contains(&data.display().to_string()), "{msg}");
-    assert!(msg.contains("on_corruption = \"quarantine\""), "{msg}");
-    assert!(data.exists(), "refusing leaves the data where it is");
+        let err = run_once(test_config(&data, &[])).await.expect_err(damage);
+        let msg = format!("{err:#}");
+        assert!(msg.contains(&data.display().to_string()), "{damage}: {msg}");
+        assert!(
+            msg.contains("on_corruption = \"quarantine\""),
+            "{damage}: {msg}"
+        );
+        assert!(
+            data.exists(),
+            "{damage}: refusing leaves the data where it is"
+        );
 
-    let cfg = test_config(
-        &data,
-        &[("DRIFTD_STORE__ON_CORRUPTION", "quarantine".to_string())],
-    );
-    let d = TestDaemon::start(cfg).await;
-    let scrape = d.scrape().await;
-    assert_eq!(
-        sample(&scrape, "driftd_store_quarantined_total", &[]),
-        Some(1.0)
-    );
-    assert!(
-        status_json(&d, "m").await.is_none(),
-        "the new store starts empty"
-    );
-    let aside: Vec<_> = std::fs::read_dir(root.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
-        .filter(|n| n.starts_with("data.corrupt-"))
-        .collect();
-    assert_eq!(aside.len(), 1, "{aside:?}");
-    // The fresh store works.
-    d.client()
-        .await
-        .ingest_batch(batch(
-            "m",
-            "v",
-            vec![numeric("x", ColumnRole::Input, vec![1.0])],
-        ))
-        .await
-        .unwrap();
-    d.stop().await.unwrap();
+        let cfg = test_config(
+            &data,
+            &[("DRIFTD_STORE__ON_CORRUPTION", "quarantine".to_string())],
+        );
+        let d = TestDaemon::start(cfg).await;
+        let scrape = d.scrape().await;
+        assert_eq!(
+            sample(&scrape, "driftd_store_quarantined_total", &[]),
+            Some(1.0),
+            "{damage}"
+        );
+        assert!(
+            status_json(&d, "m").await.is_none(),
+            "{damage}: the new store starts empty"
+        );
+        let aside: Vec<_> = std::fs::read_dir(root.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .filter(|n| n.starts_with("data.corrupt-"))
+            .collect();
+        assert_eq!(aside.len(), 1, "{damage}: {aside:?}");
+        // The fresh store works.
+        d.client()
+            .await
+            .ingest_batch(batch(
+                "m",
+                "v",
+                vec![numeric("x", ColumnRole::Input, vec![1.0])],
+            ))
+            .await
+            .unwrap();
+        d.stop().await.unwrap();
+    }
 }
 
 /// A small tmpfs mounted for one test, unmounted on drop.
