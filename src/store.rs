@@ -591,27 +591,29 @@ impl Backend for SledBackend {
     }
 
     fn mark_durable(&self) -> Result<(), Error> {
-        let (mark, db_file) = {
-            let guard = self.inner.read().unwrap_or_else(|p| p.into_inner());
-            let inner = guard
-                .as_ref()
-                .ok_or_else(|| Error::Failed("the store is closed".into()))?;
-            let meta = &inner.trees[&Tree::Meta];
-            let mark = stored_mark(meta)? + 1;
-            let io = |source| Error::Io { op: "mark", source };
-            meta.insert(MARK_KEY, &mark.to_be_bytes()).map_err(io)?;
-            inner.db.flush().map_err(io)?;
-            release_deferred();
-            (mark, inner.db_file.clone())
-        };
-        let io = |e: std::io::Error| Error::Io {
-            op: "mark",
-            source: sled::Error::Io(e),
-        };
+        // Under the read lock throughout, so that a reopen cannot slip in
+        // between the mark's write to one sled log and the file's record.
+        let guard = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        let inner = guard
+            .as_ref()
+            .ok_or_else(|| Error::Failed("the store is closed".into()))?;
+        let meta = &inner.trees[&Tree::Meta];
+        let mark = stored_mark(meta)? + 1;
+        let sled_io = |source| Error::Io { op: "mark", source };
+        meta.insert(MARK_KEY, &mark.to_be_bytes())
+            .map_err(sled_io)?;
+        inner.db.flush().map_err(sled_io)?;
+        release_deferred();
+        if file_identity(&inner.db_file) != inner.db_file_id {
+            return Err(Error::Gone {
+                path: inner.db_file.clone(),
+            });
+        }
+        let io = |e: std::io::Error| sled_io(sled::Error::Io(e));
         // sled's flush is `sync_file_range`, which leaves the file's
         // metadata and the disk's cache: fsync the log before the mark file
         // says the mark is on disk.
-        std::fs::File::open(&db_file)
+        std::fs::File::open(&inner.db_file)
             .and_then(|f| f.sync_all())
             .map_err(io)?;
         write_mark(&self.cfg.path, mark).map_err(io)

@@ -265,6 +265,37 @@ async fn other_schema_version_is_refused() {
     assert!(matches!(err, Error::Schema { found: 99, .. }), "{err:?}");
 }
 
+/// A store whose content reaches a lower durable mark than its mark file
+/// records, or whose mark file is unreadable, is refused as corrupt.
+#[test]
+fn a_store_below_its_recorded_durable_mark_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = SledBackend::open(&cfg(dir.path())).unwrap();
+    b.mark_durable().unwrap();
+    b.mark_durable().unwrap();
+    assert_eq!(read_mark(dir.path()).unwrap(), Some(2));
+    b.reopen().expect("the content reaches the recorded mark");
+    let file = dir.path().join(MARK_FILE);
+    std::fs::write(&file, "3\n").unwrap();
+    match b.reopen() {
+        Err(
+            e @ Error::Shrunk {
+                found: 2,
+                durable: 3,
+                ..
+            },
+        ) => assert!(e.is_corruption()),
+        other => panic!("{other:?}"),
+    }
+    std::fs::write(&file, "two").unwrap();
+    match b.reopen() {
+        Err(e @ Error::Corrupt { .. }) => assert!(e.is_corruption()),
+        other => panic!("{other:?}"),
+    }
+    std::fs::write(&file, "2").unwrap();
+    b.reopen().unwrap();
+}
+
 #[test]
 fn truncated_values_do_not_decode() {
     let k = key("m", "v");

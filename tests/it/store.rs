@@ -54,6 +54,9 @@ async fn run_once(cfg: driftd::config::Config) -> anyhow::Result<()> {
     driftd::app::run(cfg, driftd::app::Listeners { grpc, http }, async {}).await
 }
 
+/// Damages a store's directory in place.
+type Damage = fn(&Path);
+
 /// Cuts sled's log (`db`) to `keep` of its length: what sled opens as a
 /// crash at that point, silently without the writes after it.
 fn truncate_log(dir: &Path, keep: f64) {
@@ -65,7 +68,7 @@ fn truncate_log(dir: &Path, keep: f64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreadable_store_is_refused_by_default_and_quarantined_on_request() {
-    let damages: [(&str, fn(&Path)); 3] = [
+    let damages: [(&str, Damage); 3] = [
         ("overwritten", corrupt),
         ("log cut to half", |d| truncate_log(d, 0.5)),
         ("log emptied", |d| truncate_log(d, 0.0)),
