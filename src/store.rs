@@ -834,6 +834,10 @@ pub struct Store {
     /// Files of closed buckets' whole states (see the module
     /// documentation); `None` reads them from the backend.
     spill: Option<Arc<SpillDir>>,
+    /// Writes applied since the store was opened, and how many of them the
+    /// last durable mark covers: an idle store records no new mark.
+    writes: Arc<AtomicU64>,
+    marked: Arc<AtomicU64>,
 }
 
 /// The `spill/` directory: a file per closed bucket's whole state.
@@ -952,6 +956,8 @@ impl Store {
             wedged: CancellationToken::new(),
             purge: Arc::default(),
             spill: None,
+            writes: Arc::default(),
+            marked: Arc::default(),
         }
     }
 
@@ -1027,9 +1033,14 @@ impl Store {
         if self.is_failed() {
             return Err(Error::Failed("an earlier write failed".into()));
         }
-        self.backend.apply(tree, writes).inspect_err(|_| {
-            self.failed.store(true, Ordering::Release);
-        })
+        self.backend
+            .apply(tree, writes)
+            .inspect(|()| {
+                self.writes.fetch_add(1, Ordering::AcqRel);
+            })
+            .inspect_err(|_| {
+                self.failed.store(true, Ordering::Release);
+            })
     }
 
     /// Writes what one ingested batch changed, atomically: its window
@@ -1416,7 +1427,8 @@ impl Store {
     }
 
     /// Records the durable mark (see [`Backend::mark_durable`]); does
-    /// nothing while the store is failed.
+    /// nothing while the store is failed, or when nothing was written since
+    /// the last mark (whose record the content still reaches).
     ///
     /// # Errors
     /// The backend's, when the mark could not be written or made durable.
@@ -1424,7 +1436,14 @@ impl Store {
         if self.is_failed() || self.wedged().is_some() {
             return Ok(());
         }
-        self.backend.mark_durable()
+        // The mark flushes everything written before it begins.
+        let writes = self.writes.load(Ordering::Acquire);
+        if writes == self.marked.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.backend.mark_durable()?;
+        self.marked.store(writes, Ordering::Release);
+        Ok(())
     }
 
     /// Records the durable mark every [`MARK_EVERY`] until `cancel`, on a

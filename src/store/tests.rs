@@ -296,6 +296,24 @@ fn a_store_below_its_recorded_durable_mark_is_refused() {
     b.reopen().unwrap();
 }
 
+/// A store records a new durable mark only when something was written
+/// since the last one: an idle daemon does no disk I/O for it.
+#[test]
+fn an_idle_store_records_no_new_durable_mark() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&cfg(dir.path())).unwrap();
+    s.mark_durable().unwrap();
+    assert_eq!(read_mark(dir.path()).unwrap(), None, "nothing written yet");
+    s.meta_put("k", b"1").unwrap();
+    s.mark_durable().unwrap();
+    assert_eq!(read_mark(dir.path()).unwrap(), Some(1));
+    s.mark_durable().unwrap();
+    assert_eq!(read_mark(dir.path()).unwrap(), Some(1), "idle since");
+    s.meta_put("k", b"2").unwrap();
+    s.mark_durable().unwrap();
+    assert_eq!(read_mark(dir.path()).unwrap(), Some(2));
+}
+
 #[test]
 fn truncated_values_do_not_decode() {
     let k = key("m", "v");
