@@ -2152,6 +2152,14 @@ mod tests {
         cancel: CancellationToken,
     }
 
+    /// Drops the last engine handle and waits for the engine's tasks.
+    async fn stop(engine: super::Handle, cancel: &CancellationToken, tracker: TaskTracker) {
+        drop(engine);
+        cancel.cancel();
+        tracker.close();
+        tracker.wait().await;
+    }
+
     /// The engine on `backend`, configured by `DRIFTD_*` pairs.
     fn start_engine(env: &[(&str, &str)], backend: Arc<dyn Backend>) -> Running {
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
@@ -2249,10 +2257,7 @@ mod tests {
         }
         assert_eq!(acked.expect("ingest works after a reopen").records, 7);
         assert!(metrics.store_recoveries.get() >= 1);
-        drop(engine);
-        cancel.cancel();
-        tracker.close();
-        tracker.wait().await;
+        stop(engine, &cancel, tracker).await;
     }
 
     /// Waits up to `limit` for `done`, looking every 50 ms; its last answer.
@@ -2310,10 +2315,7 @@ mod tests {
         assert_eq!(first.await.unwrap().unwrap().records, 3);
         assert_eq!(second.await.unwrap().unwrap().records, 4);
         assert_eq!(metrics.ingest_ack_duration.get_sample_count(), 2);
-        drop(engine);
-        cancel.cancel();
-        tracker.close();
-        tracker.wait().await;
+        stop(engine, &cancel, tracker).await;
     }
 
     /// `features` columns of `rows` values `shift + u`, `u` uniform in

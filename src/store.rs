@@ -500,16 +500,38 @@ impl SledBackend {
         release_deferred();
     }
 
+    /// Runs `f` on the open handles, under the read lock (a reopen waits
+    /// for it).
+    fn with_inner<T>(&self, f: impl FnOnce(&SledInner) -> Result<T, Error>) -> Result<T, Error> {
+        let guard = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        let inner = guard
+            .as_ref()
+            .ok_or_else(|| Error::Failed("the store is closed".into()))?;
+        f(inner)
+    }
+
+    /// [`SledBackend::with_inner`] for a sled call, its error as `op`'s.
     fn with<T>(
         &self,
         op: &'static str,
         f: impl FnOnce(&SledInner) -> Result<T, sled::Error>,
     ) -> Result<T, Error> {
-        let guard = self.inner.read().unwrap_or_else(|p| p.into_inner());
-        let inner = guard
-            .as_ref()
-            .ok_or_else(|| Error::Failed("the store is closed".into()))?;
-        f(inner).map_err(|source| Error::Io { op, source })
+        self.with_inner(|i| f(i).map_err(|source| Error::Io { op, source }))
+    }
+}
+
+impl SledInner {
+    /// Flushes sled's log. Written to a file nobody can open again is not
+    /// durable: [`Error::Gone`] when the file was deleted or replaced.
+    fn flush(&self, op: &'static str) -> Result<(), Error> {
+        self.db.flush().map_err(|source| Error::Io { op, source })?;
+        release_deferred();
+        if file_identity(&self.db_file) != self.db_file_id {
+            return Err(Error::Gone {
+                path: self.db_file.clone(),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -519,24 +541,22 @@ impl Backend for SledBackend {
     }
 
     fn scan(&self, tree: Tree, prefix: &[u8], f: &mut Visit<'_>) -> Result<(), Error> {
-        let guard = self.inner.read().unwrap_or_else(|p| p.into_inner());
-        let inner = guard
-            .as_ref()
-            .ok_or_else(|| Error::Failed("the store is closed".into()))?;
-        let t = &inner.trees[&tree];
-        let mut read = KeySample::default();
-        for item in t.scan_prefix(prefix) {
-            let (k, v) = item.map_err(|source| Error::Io { op: "scan", source })?;
-            read.note(&k, &v);
-            f(&k, &v)?;
-            if read.bytes >= SETTLE_EVERY {
-                Self::settle(t, &std::mem::take(&mut read).keys);
+        self.with_inner(|inner| {
+            let t = &inner.trees[&tree];
+            let mut read = KeySample::default();
+            for item in t.scan_prefix(prefix) {
+                let (k, v) = item.map_err(|source| Error::Io { op: "scan", source })?;
+                read.note(&k, &v);
+                f(&k, &v)?;
+                if read.bytes >= SETTLE_EVERY {
+                    Self::settle(t, &std::mem::take(&mut read).keys);
+                }
             }
-        }
-        if read.bytes >= SETTLE_MIN {
-            Self::settle(t, &read.keys);
-        }
-        Ok(())
+            if read.bytes >= SETTLE_MIN {
+                Self::settle(t, &read.keys);
+            }
+            Ok(())
+        })
     }
 
     fn keys(&self, tree: Tree, prefix: &[u8], limit: usize) -> Result<Vec<Vec<u8>>, Error> {
@@ -574,16 +594,8 @@ impl Backend for SledBackend {
 
     fn flush(&self) -> Result<Duration, Error> {
         let started = Instant::now();
-        // Written to a file nobody can open again is not durable.
-        let gone = self.with("flush", |i| {
-            i.db.flush()?;
-            release_deferred();
-            Ok((file_identity(&i.db_file) != i.db_file_id).then(|| i.db_file.clone()))
-        })?;
-        match gone {
-            Some(path) => Err(Error::Gone { path }),
-            None => Ok(started.elapsed()),
-        }
+        self.with_inner(|i| i.flush("flush"))?;
+        Ok(started.elapsed())
     }
 
     fn size_on_disk(&self) -> Result<u64, Error> {
@@ -593,30 +605,22 @@ impl Backend for SledBackend {
     fn mark_durable(&self) -> Result<(), Error> {
         // Under the read lock throughout, so that a reopen cannot slip in
         // between the mark's write to one sled log and the file's record.
-        let guard = self.inner.read().unwrap_or_else(|p| p.into_inner());
-        let inner = guard
-            .as_ref()
-            .ok_or_else(|| Error::Failed("the store is closed".into()))?;
-        let meta = &inner.trees[&Tree::Meta];
-        let mark = stored_mark(meta)? + 1;
-        let sled_io = |source| Error::Io { op: "mark", source };
-        meta.insert(MARK_KEY, &mark.to_be_bytes())
-            .map_err(sled_io)?;
-        inner.db.flush().map_err(sled_io)?;
-        release_deferred();
-        if file_identity(&inner.db_file) != inner.db_file_id {
-            return Err(Error::Gone {
-                path: inner.db_file.clone(),
-            });
-        }
-        let io = |e: std::io::Error| sled_io(sled::Error::Io(e));
-        // sled's flush is `sync_file_range`, which leaves the file's
-        // metadata and the disk's cache: fsync the log before the mark file
-        // says the mark is on disk.
-        std::fs::File::open(&inner.db_file)
-            .and_then(|f| f.sync_all())
-            .map_err(io)?;
-        write_mark(&self.cfg.path, mark).map_err(io)
+        self.with_inner(|inner| {
+            let meta = &inner.trees[&Tree::Meta];
+            let mark = stored_mark(meta)? + 1;
+            let sled_io = |source| Error::Io { op: "mark", source };
+            meta.insert(MARK_KEY, &mark.to_be_bytes())
+                .map_err(sled_io)?;
+            inner.flush("mark")?;
+            let io = |e: std::io::Error| sled_io(sled::Error::Io(e));
+            // sled's flush is `sync_file_range`, which leaves the file's
+            // metadata and the disk's cache: fsync the log before the mark
+            // file says the mark is on disk.
+            std::fs::File::open(&inner.db_file)
+                .and_then(|f| f.sync_all())
+                .map_err(io)?;
+            write_mark(&self.cfg.path, mark).map_err(io)
+        })
     }
 
     fn reopen(&self) -> Result<(), Error> {
