@@ -4,7 +4,11 @@
 //! is counted, and once every producer has resent what it had no
 //! acknowledgement for, every record is counted exactly once.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::BTreeMap,
+    io::Read,
+    time::{Duration, Instant},
+};
 
 use driftd::proto::{self as pb, driftd_client::DriftdClient, ColumnRole};
 use rand::Rng;
@@ -19,6 +23,34 @@ const PRODUCERS: usize = 3;
 const ITERATIONS: usize = 24;
 /// Records of the warm-up reference; they leave the windows once it forms.
 const WARMUP: u64 = 200;
+
+/// How far a start had come when it was killed, from its log.
+#[derive(Clone, Copy)]
+enum StartPhase {
+    /// Nothing logged: the process was loading or reading its config.
+    Launching,
+    /// "Starting driftd" logged: binding the listeners, opening sled and
+    /// reading its state.
+    OpeningStore,
+    /// A model version restored: starting the engine and the servers.
+    Restoring,
+    /// "gRPC server listening" logged: start-up was over.
+    Listening,
+}
+
+impl StartPhase {
+    fn of(log: &str) -> Self {
+        if log.contains("gRPC server listening") {
+            Self::Listening
+        } else if log.contains("Restored model version") {
+            Self::Restoring
+        } else if log.contains("Starting driftd") {
+            Self::OpeningStore
+        } else {
+            Self::Launching
+        }
+    }
+}
 
 /// One producer's view: the next sequence number to send and how many it
 /// has had acknowledged.
@@ -96,25 +128,44 @@ async fn every_acknowledged_record_is_counted_exactly_once_across_kill_9() {
     let env = [("DRIFTD_REFERENCE__WARMUP_SAMPLES", warmup.as_str())];
     let mut rng = rng(2024);
     let mut producers = [Producer::default(); PRODUCERS];
-    let mut startup_kills = 0;
+    // Kills during start-up, by the phase they hit, and how long the last
+    // start took to listen.
+    let mut phases = [0usize; 4];
+    let mut last_start = Duration::ZERO;
     for iteration in 0..ITERATIONS {
         if iteration % 4 == 3 {
-            // Killed while starting: opening sled, restoring, binding.
+            // Killed while starting, at a random moment within the time the
+            // previous start took to listen; its log says which phase the
+            // kill hit.
             let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_driftd"))
+                .args(["--log-format", "json"])
+                .env("DRIFTD_LOG", "info")
                 .env("DRIFTD_STORE__PATH", &data)
                 .env("DRIFTD_SERVER__GRPC_ADDR", "127.0.0.1:0")
                 .env("DRIFTD_SERVER__HTTP_ADDR", "127.0.0.1:0")
                 .envs(env)
-                .stderr(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
                 .spawn()
                 .unwrap();
-            tokio::time::sleep(Duration::from_millis(rng.random_range(0..60))).await;
+            // Nine tenths of it: a start may be quicker than the last.
+            let at = rng.random_range(0..(last_start.as_micros() as u64 * 9 / 10).max(1));
+            tokio::time::sleep(Duration::from_micros(at)).await;
             child.kill().unwrap();
             child.wait().unwrap();
-            startup_kills += 1;
+            let mut log = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut log)
+                .unwrap();
+            phases[StartPhase::of(&log) as usize] += 1;
             continue;
         }
+        let started = Instant::now();
         let (mut child, grpc, _) = spawn_daemon_with(&data, &env);
+        last_start = started.elapsed();
         let addr = format!("http://{grpc}");
         // Nothing acknowledged was lost by the previous kill.
         let acked: u64 = producers.iter().map(|p| p.acked).sum();
@@ -145,7 +196,14 @@ async fn every_acknowledged_record_is_counted_exactly_once_across_kill_9() {
         }
         wait_exit(&mut child, Duration::from_secs(10));
     }
-    assert!(startup_kills >= 5);
+    // Most start-up kills hit a daemon not yet listening, and some of
+    // those one that had begun opening or restoring the store.
+    let startup_kills: usize = phases[..3].iter().sum();
+    assert!(startup_kills >= 4, "start-up kills by phase: {phases:?}");
+    assert!(
+        phases[1] + phases[2] >= 1,
+        "start-up kills by phase: {phases:?}"
+    );
 
     // Every producer resends from its first unacknowledged batch: batches
     // that were written before the kill are recognised as duplicates.
@@ -172,8 +230,10 @@ async fn every_acknowledged_record_is_counted_exactly_once_across_kill_9() {
     let total: u64 = producers.iter().map(|p| p.next).sum();
     let counted = records(&addr).await;
     println!(
-        "{ITERATIONS} kills ({startup_kills} during start-up), {total} batches of {ROWS} rows, \
-         {duplicates} resent batches were already stored"
+        "{ITERATIONS} kills ({startup_kills} during start-up: {} before the log began, {} while \
+         opening the store, {} while restoring or binding; {} after listening), {total} batches \
+         of {ROWS} rows, {duplicates} resent batches were already stored",
+        phases[0], phases[1], phases[2], phases[3]
     );
     assert_eq!(counted, total * ROWS, "each record counted exactly once");
     // The windows (5m and 1h by default; the test takes well under five
