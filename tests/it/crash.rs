@@ -231,7 +231,7 @@ async fn every_acknowledged_record_is_counted_exactly_once_across_kill_9() {
     let counted = records(&addr).await;
     println!(
         "{ITERATIONS} kills ({startup_kills} during start-up: {} before the log began, {} while \
-         opening the store, {} while restoring or binding; {} after listening), {total} batches \
+         binding and opening the store, {} while restoring; {} after listening), {total} batches \
          of {ROWS} rows, {duplicates} resent batches were already stored",
         phases[0], phases[1], phases[2], phases[3]
     );
