@@ -124,23 +124,28 @@ pub(crate) fn spawn_daemon_with(
     (child, grpc, http)
 }
 
-/// [`spawn_daemon_with`], also returning the daemon's later log lines (JSON),
-/// which the caller must keep reading or drop.
-fn spawn_daemon_logged(
-    data: &std::path::Path,
-    env: &[(&str, &str)],
-) -> (std::process::Child, String, String, mpsc::Receiver<String>) {
-    let mut child = driftd()
-        .envs(env.iter().copied())
+/// The daemon on `data` with `env`, on ephemeral loopback ports, logging
+/// JSON at info level to a piped stderr.
+pub(crate) fn daemon(data: &std::path::Path, env: &[(&str, &str)]) -> Command {
+    let mut c = driftd();
+    c.envs(env.iter().copied())
         .args(["--log-format", "json"])
         .env("DRIFTD_STORE__PATH", data)
         .env("DRIFTD_SERVER__GRPC_ADDR", "127.0.0.1:0")
         .env("DRIFTD_SERVER__HTTP_ADDR", "127.0.0.1:0")
         .env("DRIFTD_LOG", "info")
         .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+        .stdout(Stdio::null());
+    c
+}
+
+/// [`spawn_daemon_with`], also returning the daemon's later log lines (JSON),
+/// which the caller must keep reading or drop.
+fn spawn_daemon_logged(
+    data: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (std::process::Child, String, String, mpsc::Receiver<String>) {
+    let mut child = daemon(data, env).spawn().unwrap();
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {

@@ -14,7 +14,7 @@ use driftd::proto::{self as pb, driftd_client::DriftdClient, ColumnRole};
 use rand::Rng;
 
 use crate::{
-    binary::{spawn_daemon_with, wait_exit},
+    binary::{daemon, spawn_daemon_with, wait_exit},
     support::*,
 };
 
@@ -137,17 +137,7 @@ async fn every_acknowledged_record_is_counted_exactly_once_across_kill_9() {
             // Killed while starting, at a random moment within the time the
             // previous start took to listen; its log says which phase the
             // kill hit.
-            let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_driftd"))
-                .args(["--log-format", "json"])
-                .env("DRIFTD_LOG", "info")
-                .env("DRIFTD_STORE__PATH", &data)
-                .env("DRIFTD_SERVER__GRPC_ADDR", "127.0.0.1:0")
-                .env("DRIFTD_SERVER__HTTP_ADDR", "127.0.0.1:0")
-                .envs(env)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
+            let mut child = daemon(&data, &env).spawn().unwrap();
             // Nine tenths of it: a start may be quicker than the last.
             let at = rng.random_range(0..(last_start.as_micros() as u64 * 9 / 10).max(1));
             tokio::time::sleep(Duration::from_micros(at)).await;
