@@ -2,7 +2,10 @@
 //! sample sizes (and KS, CvM and Wasserstein from one pass, as the detector
 //! computes them), the window update path (`Window::apply` of one 1000-row,
 //! 50-feature batch) and one full evaluation (100 features x 2 windows of
-//! 10,000-value samples against a 100,000-value reference).
+//! 10,000-value samples against a 100,000-value reference), beside a
+//! calibration: sorting 100,000 doubles, the operation issue #7 timed on
+//! its machine (3-4 ms), so figures from machines of different speed can be
+//! read against one another.
 //!
 //! `cargo bench --bench core -- --warm-up-time 1 --measurement-time 3`;
 //! BENCHMARKS.md has the figures. Nothing here asserts a time.
@@ -442,5 +445,24 @@ fn evaluation(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, statistics, window_apply, evaluation);
+/// The machine's speed in one number: `sort_unstable_by(f64::total_cmp)`
+/// of 100,000 standard normal doubles (a fresh unsorted copy each time).
+fn calibration(c: &mut Criterion) {
+    let mut rng = StdRng::seed_from_u64(17);
+    let values: Vec<f64> = (0..100_000).map(|_| normal(&mut rng)).collect();
+    let mut g = c.benchmark_group("calibration");
+    g.bench_function("sort_100k_doubles", |b| {
+        b.iter_batched(
+            || values.clone(),
+            |mut v| {
+                v.sort_unstable_by(f64::total_cmp);
+                v
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, statistics, window_apply, evaluation, calibration);
 criterion_main!(benches);

@@ -323,6 +323,11 @@ pub struct RawStore {
     /// What to do when the store cannot be read: `refuse` to start (the
     /// default) or `quarantine` it (move it aside and start empty).
     pub on_corruption: OnCorruption,
+    /// A clean shutdown after at least this many bytes were written since
+    /// start-up reopens sled once, so that it records a snapshot of its
+    /// log and the next start need not replay that log; 0: after any
+    /// write.
+    pub checkpoint_after_bytes: u64,
 }
 
 /// What driftd does with a store it cannot read.
@@ -606,6 +611,9 @@ impl Default for RawStore {
             cache_capacity_bytes: 16 * 1024 * 1024,
             flush_every_ms: 500,
             on_corruption: OnCorruption::Refuse,
+            // An hour of the sizing load writes ~1.4 GB; a test's few
+            // batches stay far below.
+            checkpoint_after_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -803,6 +811,9 @@ pub struct StoreConfig {
     pub flush_every_ms: u64,
     /// Refuse or quarantine an unreadable store.
     pub on_corruption: OnCorruption,
+    /// Bytes written since start-up above which a clean shutdown reopens
+    /// sled so that it records a snapshot of its log.
+    pub checkpoint_after_bytes: u64,
 }
 
 /// Validated settings of the evaluation core.
@@ -1240,6 +1251,7 @@ impl RawConfig {
                 cache_capacity_bytes: self.store.cache_capacity_bytes,
                 flush_every_ms: self.store.flush_every_ms,
                 on_corruption: self.store.on_corruption,
+                checkpoint_after_bytes: self.store.checkpoint_after_bytes,
             },
             queue_capacity: self.ingest.queue_capacity,
             max_reference_records: self.ingest.max_reference_records,

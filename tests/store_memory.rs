@@ -67,6 +67,7 @@ fn a_scan_and_a_load_keep_sleds_cache_near_its_capacity() {
         cache_capacity_bytes: cache as u64,
         flush_every_ms: 500,
         on_corruption: OnCorruption::Refuse,
+        checkpoint_after_bytes: u64::MAX,
     };
     // 64 MB of warm-up batches, 4 KB each (the size of the store's chunks).
     let key = ModelKey {

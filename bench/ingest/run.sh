@@ -11,8 +11,11 @@
 # Environment: BIN (directory of the two binaries), ROUNDS (3), DURATION
 # (20s per round), WARMUP (5s), LOAD (loadgen flags of the throughput
 # runs), UNARY_ROWS (rows per unary batch, 100), UNARY_WARMUP (150s: the
-# warm-up of driftd's run at a tenth of the unary peak), OUT (JSON lines
-# file).
+# warm-up of driftd's run at a tenth of the unary peak), UNARY_FILL (a
+# span such as 1h: that run starts on a store `driftd-loadgen fill` has
+# just written with that much traffic at the same rate, so both windows
+# are full and the run measures true steady state; unset: a fresh store),
+# OUT (JSON lines file).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -75,6 +78,9 @@ rate=$(python3 -c "print(round($peak / 10))")
 # 10 s, 3 and ~40 per 10 s after two minutes; BENCHMARKS.md, "Unary
 # latency in steady state").
 store=$(mktemp -d /tmp/driftd-bench-store.XXXXXX)
+if [ -n "${UNARY_FILL:-}" ]; then
+    "$LOADGEN" fill --store "$store" --span "$UNARY_FILL" --rate "$rate" --rows 1000 --features 50 --models 1 >&2
+fi
 # shellcheck disable=SC2046
 "$LOADGEN" run --addr "http://$GRPC" --mode unary --streams 4 --rows "${UNARY_ROWS:-100}" --features 50 \
     --rate "$rate" --warmup "${UNARY_WARMUP:-150s}" --duration "$DURATION" --ready-url "http://$HTTP/readyz" \

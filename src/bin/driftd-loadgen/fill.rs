@@ -95,10 +95,11 @@ pub async fn fill(s: Settings) -> anyhow::Result<()> {
         }
     }
     clock.store(now_ms(), Ordering::SeqCst);
+    let stopping = Instant::now();
     let _ = stop_tx.send(());
     daemon.await.context("the in-process daemon panicked")??;
     println!(
-        "filled {} with {:?} of traffic: {} models x {} features, {} records ({} per model), {:.0} records/s simulated, in {:.1} s",
+        "filled {} with {:?} of traffic: {} models x {} features, {} records ({} per model), {:.0} records/s simulated, in {:.1} s (its clean shutdown: {:.0} ms)",
         s.store.display(),
         s.span,
         s.shape.models,
@@ -106,7 +107,8 @@ pub async fn fill(s: Settings) -> anyhow::Result<()> {
         records,
         records / s.shape.models as u64,
         s.rate,
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        stopping.elapsed().as_secs_f64() * 1000.0
     );
     Ok(())
 }

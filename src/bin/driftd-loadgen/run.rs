@@ -126,6 +126,9 @@ pub struct DaemonCost {
     pub rss_mib_max: f64,
     /// Resident memory at the start of the measurement, MiB.
     pub rss_mib_start: f64,
+    /// The process's high-water mark of resident memory (`VmHWM`) at the
+    /// end, MiB: the whole run, start-up and warm-up included.
+    pub rss_mib_peak: f64,
 }
 
 /// The outcome of a run.
@@ -424,6 +427,7 @@ async fn load(
             rss_mib_min: mib(rss_min.min(b.rss_bytes)),
             rss_mib_max: mib(rss_max.max(b.rss_bytes)),
             rss_mib_start: mib(a.rss_bytes),
+            rss_mib_peak: mib(b.peak_rss_bytes),
         });
     }
     if let (Some(a), Some(b)) = (self_start, self_end) {
@@ -634,8 +638,8 @@ pub fn print(r: &Report) {
             d.cpu_seconds, d.cpu_cores, d.pid
         );
         println!(
-            "daemon rss       start {:.1} MiB  end {:.1} MiB  min {:.1} MiB  max {:.1} MiB",
-            d.rss_mib_start, d.rss_mib_end, d.rss_mib_min, d.rss_mib_max
+            "daemon rss       start {:.1} MiB  end {:.1} MiB  min {:.1} MiB  max {:.1} MiB  peak {:.1} MiB",
+            d.rss_mib_start, d.rss_mib_end, d.rss_mib_min, d.rss_mib_max, d.rss_mib_peak
         );
     }
     if let Some(c) = r.loadgen_cpu_seconds {
