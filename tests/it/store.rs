@@ -11,19 +11,27 @@ use driftd::proto::ColumnRole;
 
 use crate::support::*;
 
-async fn fill(dir: &Path) {
-    let d = TestDaemon::start(test_config(dir, &[])).await;
+/// Records per [`send_batches`].
+const SENT: u64 = 20 * 200;
+
+/// 20 acknowledged batches of 200 records to `m@v`.
+async fn send_batches(d: &TestDaemon) {
     let mut client = d.client().await;
     for i in 0..20 {
         client
             .ingest_batch(batch(
                 "m",
                 "v",
-                vec![numeric("x", ColumnRole::Input, vec![i as f64; 200])],
+                vec![numeric("x", ColumnRole::Input, vec![f64::from(i); 200])],
             ))
             .await
             .unwrap();
     }
+}
+
+async fn fill(dir: &Path) {
+    let d = TestDaemon::start(test_config(dir, &[])).await;
+    send_batches(&d).await;
     d.stop().await.unwrap();
 }
 
@@ -306,17 +314,7 @@ async fn a_clean_shutdown_leaves_sled_a_snapshot_of_its_log_once_enough_was_writ
         for run in 1..=2u64 {
             let d = TestDaemon::start(cfg()).await;
             let at_start = snapshot_lsn(&data);
-            let mut client = d.client().await;
-            for i in 0..20 {
-                client
-                    .ingest_batch(batch(
-                        "m",
-                        "v",
-                        vec![numeric("x", ColumnRole::Input, vec![f64::from(i); 200])],
-                    ))
-                    .await
-                    .unwrap();
-            }
+            send_batches(&d).await;
             d.stop().await.unwrap();
             let at_stop = snapshot_lsn(&data);
             if checkpoints {
@@ -331,7 +329,7 @@ async fn a_clean_shutdown_leaves_sled_a_snapshot_of_its_log_once_enough_was_writ
                 );
             }
             let d = TestDaemon::start(cfg()).await;
-            wait_records(&d, "m", "v", run * 20 * 200).await;
+            wait_records(&d, "m", "v", run * SENT).await;
             d.stop().await.unwrap();
         }
     }
